@@ -1,0 +1,1 @@
+"""omnicc: contact-center features for Kamailio and Asterisk."""

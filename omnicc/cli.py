@@ -1,0 +1,146 @@
+"""`omnicc` — the command line: up, down, status, render, migrate, report, check."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from omnicc.config import ConfigError, OmniccConfig, load_config
+
+
+def _config(args: argparse.Namespace) -> OmniccConfig:
+    return load_config(args.config)
+
+
+def _stack(args: argparse.Namespace):
+    from omnicc.stack import Stack
+
+    return Stack(_config(args), Path(args.config), Path(args.var))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    agents = sum(len(t.agents) for t in config.tenants)
+    print(f"{args.config}: valid — node {config.node}, {len(config.tenants)} tenant(s), "
+          f"{agents} agent(s)")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    print(f"omnicc up: node {stack.config.node}, var {stack.var}")
+    stack.up(progress=lambda line: print(line, flush=True))
+    print("omnicc is up; `omnicc status` shows it, `omnicc down` stops it.")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    stack.down(progress=lambda line: print(line, flush=True))
+    print("omnicc is down.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from omnicc.reports import format_table
+
+    stack = _stack(args)
+    rows = []
+    for st in stack.status():
+        health = "ok" if st.healthy else ("NOT ANSWERING" if st.pid else "stopped")
+        rows.append([st.name, str(st.pid or "-"), st.ports, health])
+    print(format_table(["service", "pid", "ports", "health"], rows))
+    return 0 if all(st.healthy for st in stack.status()) else 3
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from omnicc.render import KEMI_SCRIPT, render_asterisk, render_kamailio
+
+    config = _config(args)
+    out = Path(args.out)
+    kamailio_dir = Path(args.kamailio_dir)
+    written = render_kamailio(
+        config, out / "kamailio",
+        kemi_script=Path(args.kemi_script) if args.kemi_script else KEMI_SCRIPT,
+        dispatcher_list=kamailio_dir / "dispatcher.list",
+    )
+    written += render_asterisk(config, out / "asterisk")
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from omnicc.migrate import apply_migrations
+
+    dsn = args.dsn or os.environ.get("OMNICC_DATABASE_URL") or _stack(args).postgres_dsn()
+    applied = apply_migrations(dsn)
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import redis
+
+    from omnicc.events import read_events
+    from omnicc.reports import format_call_summary, summarize_calls
+
+    stack = _stack(args)
+    client = redis.Redis.from_url(args.redis or stack.redis_url, socket_timeout=5)
+    for tenant in stack.config.tenants:
+        print(f"tenant {tenant.name} ({tenant.domain})")
+        print(format_call_summary(summarize_calls(read_events(client, tenant.name))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnicc", description="Contact-center features for Kamailio and Asterisk."
+    )
+    parser.add_argument("-c", "--config", default=os.environ.get("OMNICC_CONFIG", "omnicc.yaml"),
+                        help="the omnicc config file (default: ./omnicc.yaml or $OMNICC_CONFIG)")
+    parser.add_argument("--var", default=os.environ.get("OMNICC_VAR", "var"),
+                        help="where the local stack keeps data, logs, pids (default: ./var)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("check", help="validate the config file").set_defaults(func=cmd_check)
+    sub.add_parser("up", help="start the local stack; returns when all of it answers"
+                   ).set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="each service: pid, ports, health").set_defaults(func=cmd_status)
+    render = sub.add_parser("render", help="write kamailio.cfg and the Asterisk configs")
+    render.add_argument("--out", required=True, help="directory to write into")
+    render.add_argument("--kamailio-dir", default="/etc/kamailio",
+                        help="where kamailio.cfg will find dispatcher.list (default /etc/kamailio)")
+    render.add_argument("--kemi-script", help="path of omnicc_kemi.py on the Kamailio host")
+    render.set_defaults(func=cmd_render)
+    migrate = sub.add_parser("migrate", help="apply sql/ migrations to PostgreSQL")
+    migrate.add_argument("--dsn", help="PostgreSQL URL (default: $OMNICC_DATABASE_URL or the "
+                         "local stack's)")
+    migrate.set_defaults(func=cmd_migrate)
+    report = sub.add_parser("report", help="calls offered and answered, by agent")
+    report.add_argument("--redis", help="Redis URL (default: the local stack's)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from omnicc.migrate import MigrationError
+    from omnicc.stack import StackError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"omnicc: config error:\n{exc}", file=sys.stderr)
+        return 2
+    except (StackError, MigrationError) as exc:
+        print(f"omnicc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The one omnicc configuration file: its model, and loading with errors that name key and line.
+
+Everything a node needs — where each service listens, the Asterisk nodes behind Kamailio,
+and per tenant its agents, trunks and inbound routes — comes from one YAML file. A mistake
+in it is reported as ``omnicc.yaml:12: tenants[0].agents[1].extension: ...`` so a PBX admin
+can go straight to the line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+EXTENSION_RE = re.compile(r"^[0-9]{2,12}$")
+DID_RE = re.compile(r"^\+?[0-9]{1,20}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``str()`` lists every problem, one a line."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt key silently ignored is a misconfigured node.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServicePort(_Strict):
+    port: Port
+
+
+class Services(_Strict):
+    """Where the services of the local stack listen (``omnicc up``)."""
+
+    listen: str = "127.0.0.1"
+    kamailio: ServicePort = ServicePort(port=5060)
+    asterisk: ServicePort = ServicePort(port=5080)
+    agi: ServicePort = ServicePort(port=4573)
+    redis: ServicePort = ServicePort(port=16379)
+    postgres: ServicePort = ServicePort(port=15432)
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Services:
+        seen: dict[int, str] = {}
+        for name in ("kamailio", "asterisk", "agi", "redis", "postgres"):
+            port = getattr(self, name).port
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} both use port {port}")
+            seen[port] = name
+        return self
+
+
+class AsteriskNode(_Strict):
+    """An Asterisk node Kamailio relays calls to (a dispatcher destination)."""
+
+    host: str
+    port: Port = 5060
+
+    @field_validator("host")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.host}:{self.port}"
+
+
+class Agent(_Strict):
+    extension: str
+    name: str = ""
+    password: str = Field(min_length=8)
+
+    @field_validator("extension", mode="before")
+    @classmethod
+    def _extension(cls, value: Any) -> str:
+        value = str(value) if isinstance(value, int) else value
+        if not isinstance(value, str) or not EXTENSION_RE.match(value):
+            raise ValueError("an extension is 2 to 12 digits, written as a quoted string")
+        return value
+
+
+class Trunk(_Strict):
+    """A carrier, SBC or PBX admitted by source address (IP or CIDR subnet)."""
+
+    name: str
+    address: str
+    port: Port | None = None  # None: any source port from that address
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("a trunk name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or subnet: {exc}") from None
+        return value
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return ipaddress.ip_network(self.address)
+
+
+class Destination(_Strict):
+    """Where a call goes: ``agent:1001`` or ``hangup`` in the file."""
+
+    kind: Literal["agent", "hangup"]
+    target: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        kind, _, target = text.partition(":")
+        if kind == "agent":
+            if not EXTENSION_RE.match(target):
+                raise ValueError(f"'agent:' needs an agent extension, got {text!r}")
+            return cls(kind="agent", target=target)
+        if kind == "hangup" and not target:
+            return cls(kind="hangup")
+        raise ValueError(f"unknown destination {text!r} (expected 'agent:EXT' or 'hangup')")
+
+
+class InboundRoute(_Strict):
+    did: str
+    destination: Destination
+
+    @field_validator("did", mode="before")
+    @classmethod
+    def _did(cls, value: Any) -> str:
+        value = str(value) if isinstance(value, int) else value
+        if not isinstance(value, str) or not DID_RE.match(value):
+            raise ValueError("a DID is digits with an optional leading '+', as a quoted string")
+        return value
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        return Destination.parse(value) if isinstance(value, str) else value
+
+
+class Tenant(_Strict):
+    name: str
+    domain: str
+    agents: list[Agent] = []
+    trunks: list[Trunk] = []
+    inbound_routes: list[InboundRoute] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("a tenant name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", value):
+            raise ValueError("a SIP domain is a lower-case host name")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Tenant:
+        _unique([a.extension for a in self.agents], "agent extension")
+        _unique([t.name for t in self.trunks], "trunk name")
+        _unique([r.did for r in self.inbound_routes], "inbound route DID")
+        extensions = {a.extension for a in self.agents}
+        for route in self.inbound_routes:
+            dest = route.destination
+            if dest.kind == "agent" and dest.target not in extensions:
+                raise ValueError(
+                    f"inbound route {route.did} goes to agent {dest.target}, "
+                    "which is not among this tenant's agents"
+                )
+        return self
+
+    def agent(self, extension: str) -> Agent | None:
+        return next((a for a in self.agents if a.extension == extension), None)
+
+    def inbound_route(self, did: str) -> InboundRoute | None:
+        return next((r for r in self.inbound_routes if r.did == did), None)
+
+
+class OmniccConfig(_Strict):
+    node: str = "omnicc-1"
+    services: Services = Services()
+    # Asterisk nodes behind Kamailio's dispatcher; empty means the local stack's Asterisk.
+    asterisk_nodes: list[AsteriskNode] = []
+    tenants: list[Tenant] = Field(min_length=1)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("a node name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_tenant(self) -> OmniccConfig:
+        _unique([t.name for t in self.tenants], "tenant name")
+        _unique([t.domain for t in self.tenants], "tenant domain")
+        # A source address must identify one tenant, or a trunk could reach another's routes.
+        _unique([(t.address, t.port) for ten in self.tenants for t in ten.trunks], "trunk address")
+        return self
+
+    @property
+    def dispatcher_nodes(self) -> list[AsteriskNode]:
+        if self.asterisk_nodes:
+            return list(self.asterisk_nodes)
+        return [AsteriskNode(host=self.services.listen, port=self.services.asterisk.port)]
+
+    def tenant(self, name: str) -> Tenant | None:
+        return next((t for t in self.tenants if t.name == name), None)
+
+    def tenant_by_domain(self, domain: str) -> Tenant | None:
+        return next((t for t in self.tenants if t.domain == domain), None)
+
+
+def _unique(values: list[Any], what: str) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Located:
+    data: Any
+    lines: dict[tuple[Any, ...], int]  # path of keys/indices -> 1-based line
+
+
+_SCALARS = yaml.SafeLoader("")
+
+
+def _compose_with_lines(text: str, path: str) -> _Located:
+    """Parse YAML keeping the line of every key and list item."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{path}{line}: not valid YAML: {problem}"]) from None
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(n: yaml.Node | None, where: tuple[Any, ...]) -> Any:
+        if n is None:
+            return None
+        lines[where] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = key_node.value
+                if key in out:
+                    raise ConfigError(
+                        path,
+                        [f"{path}:{key_node.start_mark.line + 1}: "
+                         f"{_dotted(where + (key,))}: key given twice"],
+                    )
+                out[key] = walk(value_node, where + (key,))
+                lines[where + (key,)] = key_node.start_mark.line + 1
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(item, where + (i,)) for i, item in enumerate(n.value)]
+        return _SCALARS.construct_object(n, deep=True)
+
+    return _Located(walk(node, ()), lines)
+
+
+def _dotted(where: tuple[Any, ...]) -> str:
+    out = ""
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], where: tuple[Any, ...]) -> int | None:
+    while True:
+        if where in lines:
+            return lines[where]
+        if not where:
+            return None
+        where = where[:-1]
+
+
+def parse_config(text: str, path: str = "omnicc.yaml") -> OmniccConfig:
+    located = _compose_with_lines(text, path)
+    if not isinstance(located.data, dict):
+        raise ConfigError(path, [f"{path}:1: the file must be a mapping of keys (see examples/)"])
+    try:
+        return OmniccConfig.model_validate(located.data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = tuple(err["loc"])
+            line = _line_for(located.lines, where)
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{path}:{line or 1}: {_dotted(where)}: {message}")
+        raise ConfigError(path, problems) from None
+
+
+def load_config(path: str | Path) -> OmniccConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [f"{path}: no such config file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"{path}: not UTF-8 text ({exc.reason})"]) from None
+    return parse_config(text, str(path))

@@ -1,0 +1,11 @@
+"""Redis key names. Every key of a tenant shares the hash tag {t:<tenant>}, so each Lua
+script touches one Redis Cluster slot and a tenant can later move to its own shard."""
+
+
+def tenant_tag(tenant: str) -> str:
+    return "{t:%s}" % tenant
+
+
+def events_stream(tenant: str) -> str:
+    """The tenant's event stream: every call and agent event, in order."""
+    return f"{tenant_tag(tenant)}:events"

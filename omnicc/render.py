@@ -1,0 +1,119 @@
+"""Render the Kamailio and Asterisk configuration files from the templates at the top of
+the checkout (kamailio.cfg.j2, extensions.conf.j2, pjsip.conf.j2, ...).
+
+Two uses: the local stack (`omnicc up` renders into var/etc with its own directories), and
+`omnicc render --out DIR` for users who deploy into their own Kamailio and Asterisk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from omnicc.config import OmniccConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KEMI_SCRIPT = REPO_ROOT / "kemi" / "omnicc_kemi.py"
+DIALPLAN_FILE = REPO_ROOT / "dialplan" / "omnicc.conf"
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO_ROOT)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class AsteriskDirs:
+    """Directories of an Asterisk the stack runs (as seen from inside its root)."""
+
+    etc: str
+    mod: str
+    varlib: str
+    db: str
+    spool: str
+    run: str
+    log: str
+
+
+def render_kamailio(
+    config: OmniccConfig,
+    out_dir: Path,
+    *,
+    kemi_script: Path = KEMI_SCRIPT,
+    dispatcher_list: Path | None = None,
+    rundir: Path | None = None,
+    log_stderr: bool = False,
+    children: int = 4,
+) -> list[Path]:
+    """Write kamailio.cfg and dispatcher.list into out_dir."""
+    dispatcher_list = dispatcher_list or out_dir / "dispatcher.list"
+    cfg = _env().get_template("kamailio.cfg.j2").render(
+        config=config,
+        sip_port=config.services.kamailio.port,
+        kemi_script=str(kemi_script),
+        dispatcher_list=str(dispatcher_list),
+        rundir=str(rundir) if rundir else "",
+        log_stderr=log_stderr,
+        children=children,
+        tcp_children=max(2, children // 2),
+    )
+    lines = ["# dispatcher.list — the Asterisk nodes (set 1), rendered by omnicc",
+             "# setid destination flags priority attributes"]
+    for node in config.dispatcher_nodes:
+        lines.append(f"1 {node.uri} 0 0 duid={node.host}:{node.port}")
+    # The list is always written beside kamailio.cfg; `dispatcher_list` is where the
+    # deployed kamailio.cfg will look for it.
+    return [
+        _write(out_dir / "kamailio.cfg", cfg),
+        _write(out_dir / "dispatcher.list", "\n".join(lines) + "\n"),
+    ]
+
+
+def render_asterisk(
+    config: OmniccConfig,
+    out_dir: Path,
+    *,
+    dirs: AsteriskDirs | None = None,
+    rtp_ports: tuple[int, int] = (10000, 20000),
+) -> list[Path]:
+    """Write the Asterisk configs; with `dirs`, also those only a whole stack needs."""
+    services = config.services
+    context = {
+        "config": config,
+        "ast": dirs,
+        "agi_url": f"agi://{services.listen}:{services.agi.port}",
+        "kamailio_host": services.listen,
+        "kamailio_uri": f"sip:{services.listen}:{services.kamailio.port}",
+        "asterisk_bind": f"{services.listen}:{services.asterisk.port}",
+        "dialplan_file": "omnicc.conf",
+        "rtp_start": rtp_ports[0],
+        "rtp_end": rtp_ports[1],
+    }
+    env = _env()
+    names = ["extensions.conf", "pjsip.conf"]
+    if dirs is not None:
+        names += ["asterisk.conf", "modules.conf", "logger.conf", "rtp.conf"]
+    written = [
+        _write(out_dir / name, env.get_template(name + ".j2").render(**context)) for name in names
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DIALPLAN_FILE, out_dir / "omnicc.conf")
+    written.append(out_dir / "omnicc.conf")
+    return written
