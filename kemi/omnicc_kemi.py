@@ -189,3 +189,6 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def ksr_reply_route(self, msg):
         return 1
+
+    def ksr_onsend_route(self, msg):
+        return 1

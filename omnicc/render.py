@@ -39,6 +39,25 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+# Small files a stand-alone Asterisk wants so that it neither complains nor runs features
+# omnicc does not use (AMI, CDR files: the event stream is the call record).
+STACK_ASTERISK_FILES = {
+    "cdr.conf": "[general]\nenable = no\n",
+    "cel.conf": "[general]\nenable = no\n",
+    "manager.conf": "[general]\nenabled = no\n",
+    "features.conf": "[general]\n",
+    "acl.conf": "",
+    "udptl.conf": "[general]\n",
+    "pjproject.conf": "",
+    "indications.conf": (
+        "[general]\ncountry = us\n\n[us]\ndescription = United States\n"
+        "ringcadence = 2000,4000\ndial = 350+440\nbusy = 480+620/500,0/500\n"
+        "ring = 440+480/2000,0/4000\ncongestion = 480+620/250,0/250\n"
+    ),
+    "musiconhold.conf": "[default]\nmode = files\ndirectory = moh\n",
+}
+
+
 @dataclass(frozen=True)
 class AsteriskDirs:
     """Directories of an Asterisk the stack runs (as seen from inside its root)."""
@@ -46,6 +65,7 @@ class AsteriskDirs:
     etc: str
     mod: str
     varlib: str
+    data: str
     db: str
     spool: str
     run: str
@@ -113,6 +133,8 @@ def render_asterisk(
     written = [
         _write(out_dir / name, env.get_template(name + ".j2").render(**context)) for name in names
     ]
+    if dirs is not None:
+        written += [_write(out_dir / name, text) for name, text in STACK_ASTERISK_FILES.items()]
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(DIALPLAN_FILE, out_dir / "omnicc.conf")
     written.append(out_dir / "omnicc.conf")

@@ -174,7 +174,12 @@ class Service:
                 extra_groups=[] if user else None,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
-        self._wait_healthy(proc.pid, progress, already=False, proc=proc)
+        try:
+            self._wait_healthy(proc.pid, progress, already=False, proc=proc)
+        except StackError:
+            # Leave nothing half-started behind.
+            self.stop(lambda _line: None, timeout=5.0)
+            raise
         self.after_start()
 
     def _wait_healthy(self, pid: int, progress: Callable[[str], None], *, already: bool,
@@ -414,7 +419,7 @@ class AsteriskService(Service):
             raise StackError(f"asterisk: no modules directory under {base}/usr/lib")
         mod = "/" + os.path.relpath(mods[-1], base)
         return AsteriskDirs(
-            etc=f"{var}/etc/asterisk", mod=mod, varlib="/var/lib/asterisk",
+            etc=f"{var}/etc/asterisk", mod=mod, varlib="/var/lib/asterisk", data="/usr/share/asterisk",
             db=f"{var}/data/asterisk", spool=f"{var}/data/asterisk/spool",
             run=f"{var}/run/asterisk", log=f"{var}/log/asterisk",
         )

@@ -1,0 +1,1 @@
+"""The Asterisk side of omnicc: FastAGI protocol layer, server and handlers."""
