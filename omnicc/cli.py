@@ -1,4 +1,4 @@
-"""`omnicc` — the command line: up, down, status, render, migrate, report, check."""
+"""`omnicc` — the command line: up, down, status, render, migrate, demo, report, check."""
 
 from __future__ import annotations
 
@@ -95,6 +95,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from omnicc.demo import run_demo
+
+    stack = _stack(args)
+    down = f"omnicc -c {args.config} down"
+    if not all(st.healthy for st in stack.status()):
+        print("omnicc demo: the stack is not up; start it with `omnicc up`", file=sys.stderr)
+        return 1
+    print(f"omnicc demo: {args.calls} call(s) per DID, {args.talk_ms} ms talk each")
+    result = run_demo(stack, calls_per_did=args.calls, talk_ms=args.talk_ms,
+                      progress=lambda line: print(line, flush=True))
+    print()
+    print(result.report)
+    print()
+    ok = result.placed > 0 and result.answered_by_sipp == result.placed \
+        and result.answered_by_omnicc == result.placed
+    print(f"{result.answered_by_omnicc} of {result.placed} demo calls answered by an agent. "
+          f"The stack stays up: `{down}` stops it.")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnicc", description="Contact-center features for Kamailio and Asterisk."
@@ -119,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--dsn", help="PostgreSQL URL (default: $OMNICC_DATABASE_URL or the "
                          "local stack's)")
     migrate.set_defaults(func=cmd_migrate)
+    demo = sub.add_parser("demo", help="drive demo calls through the running stack with SIPp")
+    demo.add_argument("--calls", type=int, default=2, help="calls per DID (default 2)")
+    demo.add_argument("--talk-ms", type=int, default=2000, help="talk time per call")
+    demo.set_defaults(func=cmd_demo)
     report = sub.add_parser("report", help="calls offered and answered, by agent")
     report.add_argument("--redis", help="Redis URL (default: the local stack's)")
     report.set_defaults(func=cmd_report)
@@ -127,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from omnicc.demo import DemoError
     from omnicc.migrate import MigrationError
+    from omnicc.sipp import SippError
     from omnicc.stack import StackError
 
     try:
@@ -135,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"omnicc: config error:\n{exc}", file=sys.stderr)
         return 2
-    except (StackError, MigrationError) as exc:
+    except (StackError, MigrationError, SippError, DemoError) as exc:
         print(f"omnicc: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

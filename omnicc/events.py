@@ -38,9 +38,10 @@ class EventLog:
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
-def read_events(redis: Any, tenant: str, count: int = 100_000) -> list[dict[str, str]]:
-    """All events of a tenant, oldest first (synchronous client: CLI and reports)."""
-    rows = redis.xrange(events_stream(tenant), count=count)
+def read_events(redis: Any, tenant: str, since: str = "-",
+                count: int = 100_000) -> list[dict[str, str]]:
+    """A tenant's events from stream id `since` on, oldest first (synchronous client)."""
+    rows = redis.xrange(events_stream(tenant), min=since, count=count)
     out = []
     for entry_id, fields in rows:
         row = {_s(k): _s(v) for k, v in fields.items()}
