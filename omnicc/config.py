@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,6 +37,25 @@ class ConfigError(Exception):
         self.path = path
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+# (where below the model that raised, message): a path like ("agents", 1, "extension").
+Problem = tuple[tuple[Any, ...], str]
+
+
+class _Problems(ValueError):
+    """Raised by a model validator that checks several fields at once (duplicates,
+    references): each problem keeps the path of the field at fault, so the error names
+    that field and its line rather than the line of the whole model."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def _raise_problems(problems: list[Problem]) -> None:
+    if problems:
+        raise _Problems(problems)
 
 
 class _Strict(BaseModel):
@@ -69,11 +89,13 @@ class Services(_Strict):
     @model_validator(mode="after")
     def _distinct_ports(self) -> Services:
         seen: dict[int, str] = {}
+        problems: list[Problem] = []
         for name in ("kamailio", "asterisk", "agi", "redis", "postgres"):
             port = getattr(self, name).port
             if port in seen:
-                raise ValueError(f"{name} and {seen[port]} both use port {port}")
+                problems.append(((name, "port"), f"{name} and {seen[port]} both use port {port}"))
             seen[port] = name
+        _raise_problems(problems)
         return self
 
 
@@ -134,6 +156,11 @@ class Trunk(_Strict):
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.address)
+
+    @property
+    def source(self) -> str:
+        """The sources this trunk admits, normalised: 10.0.0.1 and 10.0.0.1/32 are one."""
+        return str(self.network) if self.port is None else f"{self.network} port {self.port}"
 
 
 class Destination(_Strict):
@@ -198,17 +225,24 @@ class Tenant(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Tenant:
-        _unique([a.extension for a in self.agents], "agent extension")
-        _unique([t.name for t in self.trunks], "trunk name")
-        _unique([r.did for r in self.inbound_routes], "inbound route DID")
+        problems = [
+            *_duplicates([a.extension for a in self.agents], "agent extension",
+                         lambda i: ("agents", i, "extension")),
+            *_duplicates([t.name for t in self.trunks], "trunk name",
+                         lambda i: ("trunks", i, "name")),
+            *_duplicates([r.did for r in self.inbound_routes], "inbound route DID",
+                         lambda i: ("inbound_routes", i, "did")),
+        ]
         extensions = {a.extension for a in self.agents}
-        for route in self.inbound_routes:
+        for index, route in enumerate(self.inbound_routes):
             dest = route.destination
             if dest.kind == "agent" and dest.target not in extensions:
-                raise ValueError(
+                problems.append((
+                    ("inbound_routes", index, "destination"),
                     f"inbound route {route.did} goes to agent {dest.target}, "
-                    "which is not among this tenant's agents"
-                )
+                    "which is not among this tenant's agents",
+                ))
+        _raise_problems(problems)
         return self
 
     def agent(self, extension: str) -> Agent | None:
@@ -234,10 +268,24 @@ class OmniccConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_tenant(self) -> OmniccConfig:
-        _unique([t.name for t in self.tenants], "tenant name")
-        _unique([t.domain for t in self.tenants], "tenant domain")
-        # A source address must identify one tenant, or a trunk could reach another's routes.
-        _unique([(t.address, t.port) for ten in self.tenants for t in ten.trunks], "trunk address")
+        trunk_places = [
+            (tenant_index, trunk_index, trunk)
+            for tenant_index, tenant in enumerate(self.tenants)
+            for trunk_index, trunk in enumerate(tenant.trunks)
+        ]
+        problems = [
+            *_duplicates([t.name for t in self.tenants], "tenant name",
+                         lambda i: ("tenants", i, "name")),
+            *_duplicates([t.domain for t in self.tenants], "tenant domain",
+                         lambda i: ("tenants", i, "domain")),
+            # A source address must identify one tenant, or a trunk could reach another's
+            # routes. Compared as networks: 10.0.0.1 and 10.0.0.1/32 are the same source.
+            *_duplicates(
+                [trunk.source for _, _, trunk in trunk_places], "trunk address",
+                lambda i: ("tenants", trunk_places[i][0], "trunks", trunk_places[i][1], "address"),
+            ),
+        ]
+        _raise_problems(problems)
         return self
 
     @property
@@ -253,12 +301,17 @@ class OmniccConfig(_Strict):
         return next((t for t in self.tenants if t.domain == domain), None)
 
 
-def _unique(values: list[Any], what: str) -> None:
+def _duplicates(
+    values: list[Any], what: str, where: Callable[[int], tuple[Any, ...]]
+) -> list[Problem]:
+    """A problem for every value seen before, at the path ``where(index)`` of the repeat."""
     seen = set()
-    for value in values:
+    problems: list[Problem] = []
+    for index, value in enumerate(values):
         if value in seen:
-            raise ValueError(f"duplicate {what} {value!r}")
+            problems.append((where(index), f"duplicate {what} {value!r}"))
         seen.add(value)
+    return problems
 
 
 # ---------------------------------------------------------------------------- loading
@@ -270,7 +323,36 @@ class _Located:
     lines: dict[tuple[Any, ...], int]  # path of keys/indices -> 1-based line
 
 
-_SCALARS = yaml.SafeLoader("")
+# YAML 1.1 reads a plain 0100 as octal 64, +1555 as 1555 and 1_000 as 1000: an extension or
+# DID written without quotes would silently become another number. A plain integer is
+# only taken as a number when written the ordinary way; otherwise it stays as written and
+# the field decides (ports still parse "05060", extensions keep their leading zero).
+_ORDINARY_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_YAML_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _yaml_problem(path: str, text: str, exc: yaml.YAMLError) -> str:
+    """One line naming the file line of a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        line = f":{mark.line + 1}"
+    elif isinstance(exc, yaml.reader.ReaderError):
+        # A bad character has no mark, only an offset into the text.
+        line = f":{text.count(chr(10), 0, exc.position) + 1}"
+    else:
+        line = ""
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = exc.character
+        shown = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        problem = f"character {shown} is not allowed"
+    else:
+        problem = getattr(exc, "problem", None) or str(exc)
+    return f"{path}{line}: not valid YAML: {_one_line(problem)}"
+
+
+def _one_line(text: str) -> str:
+    # ConfigError promises one problem a line; library messages may hold line breaks.
+    return " ".join(str(text).split())
 
 
 def _compose_with_lines(text: str, path: str) -> _Located:
@@ -278,34 +360,50 @@ def _compose_with_lines(text: str, path: str) -> _Located:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, [f"{path}{line}: not valid YAML: {problem}"]) from None
+        raise ConfigError(path, [_yaml_problem(path, text, exc)]) from None
+    except RecursionError:
+        raise ConfigError(path, [f"{path}: nested too deeply"]) from None
     lines: dict[tuple[Any, ...], int] = {}
+    # One loader per parse: a loader remembers every node it constructed.
+    scalars = yaml.SafeLoader("")
 
-    def walk(n: yaml.Node | None, where: tuple[Any, ...]) -> Any:
+    def fail(n: yaml.Node, where: tuple[Any, ...], message: str) -> ConfigError:
+        return ConfigError(path, [f"{path}:{n.start_mark.line + 1}: {_dotted(where)}: {message}"])
+
+    def walk(n: yaml.Node | None, where: tuple[Any, ...], enclosing: frozenset[int]) -> Any:
         if n is None:
             return None
+        if id(n) in enclosing:
+            raise fail(n, where, "an alias refers to a node that contains it")
         lines[where] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
+            inside = enclosing | {id(n)}
             out: dict[Any, Any] = {}
             for key_node, value_node in n.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise fail(key_node, where, "a key must be a plain name, not a list or mapping")
                 key = key_node.value
                 if key in out:
-                    raise ConfigError(
-                        path,
-                        [f"{path}:{key_node.start_mark.line + 1}: "
-                         f"{_dotted(where + (key,))}: key given twice"],
-                    )
-                out[key] = walk(value_node, where + (key,))
+                    raise fail(key_node, where + (key,), "key given twice")
+                out[key] = walk(value_node, where + (key,), inside)
                 lines[where + (key,)] = key_node.start_mark.line + 1
             return out
         if isinstance(n, yaml.SequenceNode):
-            return [walk(item, where + (i,)) for i, item in enumerate(n.value)]
-        return _SCALARS.construct_object(n, deep=True)
+            inside = enclosing | {id(n)}
+            return [walk(item, where + (i,), inside) for i, item in enumerate(n.value)]
+        if n.tag == _YAML_INT_TAG and n.style is None and not _ORDINARY_INT.fullmatch(n.value):
+            return n.value
+        try:
+            return scalars.construct_object(n, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            # Bad tags (!!python/object, !foo) and impossible values (!!int abc, 2001-13-45).
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise fail(n, where, f"cannot read {n.value!r}: {_one_line(problem)}") from None
 
-    return _Located(walk(node, ()), lines)
+    try:
+        return _Located(walk(node, (), frozenset()), lines)
+    except RecursionError:
+        raise ConfigError(path, [f"{path}: nested too deeply"]) from None
 
 
 def _dotted(where: tuple[Any, ...]) -> str:
@@ -334,20 +432,32 @@ def parse_config(text: str, path: str = "omnicc.yaml") -> OmniccConfig:
         problems = []
         for err in exc.errors():
             where = tuple(err["loc"])
-            line = _line_for(located.lines, where)
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{path}:{line or 1}: {_dotted(where)}: {message}")
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, _Problems):
+                # A check over several fields: report each at the field at fault.
+                located_problems = [(where + below, message) for below, message in cause.problems]
+            elif err["type"] == "extra_forbidden":
+                located_problems = [(where, "unknown key")]
+            else:
+                located_problems = [(where, err["msg"].removeprefix("Value error, "))]
+            for at, message in located_problems:
+                line = _line_for(located.lines, at)
+                problems.append(f"{path}:{line or 1}: {_dotted(at)}: {_one_line(message)}")
         raise ConfigError(path, problems) from None
 
 
 def load_config(path: str | Path) -> OmniccConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(str(path), [f"{path}: no such config file"]) from None
+    except OSError as exc:
+        # A directory, no permission, an I/O error: still a config error, not a traceback.
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [f"{path}: not UTF-8 text ({exc.reason})"]) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(path), [f"{path}:{line}: not UTF-8 text ({exc.reason})"]) from None
     return parse_config(text, str(path))

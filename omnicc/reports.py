@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,11 +47,18 @@ def summarize_calls(events: Iterable[Mapping[str, str]]) -> CallSummary:
             if agent and ev.get("dialstatus") == "ANSWER":
                 row = summary.by_agent.setdefault(agent, AgentCalls(agent))
                 row.answered += 1
-                try:
-                    row.talk_seconds += float(ev.get("answered_seconds") or 0)
-                except ValueError:
-                    pass
+                row.talk_seconds += _seconds(ev.get("answered_seconds"))
     return summary
+
+
+def _seconds(text: str | None) -> float:
+    """A duration from an event field; garbage counts as 0 rather than spoiling the total
+    (float() also accepts "nan", "inf" and negatives, which no call lasts)."""
+    try:
+        value = float(text or 0)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

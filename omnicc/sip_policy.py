@@ -35,9 +35,14 @@ class SourcePolicy:
         self._asterisk = {
             (ipaddress.ip_address(n.host), n.port) for n in config.dispatcher_nodes
         }
-        # Most specific subnet first, so a /32 PBX inside a carrier's /24 wins.
-        trunks = [(t.network, t.port, tenant, t) for tenant in config.tenants for t in tenant.trunks]
-        self._trunks = sorted(trunks, key=lambda item: item[0].prefixlen, reverse=True)
+        # Most specific first, so a /32 PBX inside a carrier's /24 wins, and on the same
+        # network a trunk bound to one port wins over one that takes any port.
+        trunks = [
+            (t.network, t.port, tenant, t) for tenant in config.tenants for t in tenant.trunks
+        ]
+        self._trunks = sorted(
+            trunks, key=lambda item: (item[0].prefixlen, item[1] is not None), reverse=True
+        )
 
     def classify(self, ip: str, port: int) -> Classified:
         try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnicc.config import OmniccConfig
-from omnicc.render import REPO_ROOT, AsteriskDirs, render_asterisk, render_kamailio
+from omnicc.render import KEMI_SCRIPT, REPO_ROOT, AsteriskDirs, render_asterisk, render_kamailio
 from omnicc.sipprobe import sip_options_ping
 
 DEFAULT_ASTERISK_ROOT = "/var/cache/omnicc/asterisk-root"
@@ -140,13 +140,7 @@ class Service:
             return None
         return None if state == "Z" else pid
 
-    def ports_text(self) -> str:
-        return ", ".join(f"{port}/{proto}" for port, proto in self.ports())
-
-    def start(self, progress: Callable[[str], None]) -> None:
-        if self.pid() is not None:
-            self._wait_healthy(self.pid(), progress, already=True)
-            return
+    def check_ports(self) -> None:
         for port, proto in self.ports():
             if not _port_free(self.host, port, proto):
                 raise StackError(
@@ -154,6 +148,16 @@ class Service:
                     f"another program; free it or change services.{self.name}.port in "
                     f"{self.stack.config_path}"
                 )
+
+    def ports_text(self) -> str:
+        return ", ".join(f"{port}/{proto}" for port, proto in self.ports())
+
+    def start(self, progress: Callable[[str], None]) -> None:
+        pid = self.pid()
+        if pid is not None:
+            self._wait_healthy(pid, progress, already=True)
+            return
+        self.check_ports()
         self.prepare()
         argv = self.argv()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -457,8 +461,10 @@ class KamailioService(Service):
         return [(port, "udp"), (port, "tcp")]
 
     def prepare(self) -> None:
-        render_kamailio(self.cfg, self.stack.etc_dir / "kamailio", rundir=self.stack.run_dir,
-                        log_stderr=True)
+        # OMNICC_KEMI_SCRIPT: run a KEMI script of your own instead of kemi/omnicc_kemi.py.
+        kemi = Path(os.environ.get("OMNICC_KEMI_SCRIPT", str(KEMI_SCRIPT)))
+        render_kamailio(self.cfg, self.stack.etc_dir / "kamailio", kemi_script=kemi,
+                        rundir=self.stack.run_dir, log_stderr=True)
 
     def argv(self) -> list[str]:
         return [_find_binary("kamailio", "kamailio"), "-f",
@@ -520,8 +526,15 @@ class Stack:
         for path in (self.var, self.data_dir, self.run_dir, self.log_dir):
             path.chmod(0o755)
 
+    def check_ports(self) -> None:
+        """Before starting anything: every port a stopped service needs must be free."""
+        for service in self.services:
+            if service.pid() is None:
+                service.check_ports()
+
     def up(self, progress: Callable[[str], None] = print) -> None:
         self._dirs()
+        self.check_ports()
         for service in self.services:
             service.start(progress)
             if service.name == "postgres":

@@ -1,7 +1,8 @@
 """`inbound_route?did=&tenant=&trunk=`: where does a call to this DID go?
 
 Sets OMNICC_DEST (agent | hangup), OMNICC_AGENT and OMNICC_DIAL for agent destinations,
-and OMNICC_STATUS (OK, or ERROR so the dialplan takes the failover path). Every decision
+and OMNICC_STATUS (OK, or ERROR so the dialplan takes the failover path, with
+OMNICC_CAUSE the Q.850 cause to hang up with). Every decision
 is appended to the tenant's event stream.
 """
 
@@ -15,6 +16,9 @@ from omnicc.events import EventLog
 from omnicc.routing import RoutingError, decide_inbound
 
 log = logging.getLogger("omnicc.agi.inbound_route")
+
+# Hang-up cause for a DID omnicc has no route for: Asterisk answers 404 Not Found.
+Q850_UNALLOCATED_NUMBER = 1
 
 
 class InboundRoute:
@@ -36,7 +40,9 @@ class InboundRoute:
             log.warning("call %s not routed: %s", req.uniqueid, exc)
             if self._config.tenant(tenant) is not None:
                 await self._events.append(tenant, "call_unrouted", reason=str(exc), **common)
-            await session.set_variable("OMNICC_ERROR", str(exc))
+            # One line: a channel variable cannot hold a line break.
+            await session.set_variable("OMNICC_ERROR", " ".join(str(exc).split()))
+            await session.set_variable("OMNICC_CAUSE", str(Q850_UNALLOCATED_NUMBER))
             await session.set_variable("OMNICC_STATUS", "ERROR")
             return
         await self._events.append(

@@ -1,0 +1,132 @@
+"""Integration fixtures: a real omnicc stack (Redis, PostgreSQL, FastAGI, Asterisk,
+Kamailio) in a temporary directory on free ports, started once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from omnicc.config import OmniccConfig, load_config
+from omnicc.stack import Stack
+
+TRUNK_IP = "127.0.0.3"      # the test carrier sends from here
+STRANGER_IP = "127.0.0.5"   # an address omnicc trusts for nothing
+DOMAIN = "it.omnicc.test"
+
+CONFIG_TEMPLATE = """\
+node: it-{name}
+services:
+  listen: 127.0.0.1
+  kamailio: {{port: {kamailio}}}
+  asterisk: {{port: {asterisk}}}
+  agi:      {{port: {agi}}}
+  redis:    {{port: {redis}}}
+  postgres: {{port: {postgres}}}
+tenants:
+  - name: default
+    domain: {domain}
+    agents:
+      - {{extension: "1001", name: Alice, password: "it-pass-1001"}}
+      - {{extension: "1002", name: Bob,   password: "it-pass-1002"}}
+    trunks:
+      - {{name: test-carrier, address: {trunk}}}
+    inbound_routes:
+      - {{did: "5550100", destination: "agent:1001"}}
+      - {{did: "5550101", destination: "agent:1002"}}
+      - {{did: "5550199", destination: "hangup"}}
+"""
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free for both TCP and UDP right now (held open together so none repeats)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.bind((host, port))
+            except OSError:
+                tcp.close()
+                udp.close()
+                continue
+            held += [tcp, udp]
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def make_stack_dir(prefix: str) -> Path:
+    # Not pytest's tmp_path: PostgreSQL runs as the postgres user and must traverse it.
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def write_config(directory: Path, name: str, **overrides: int) -> Path:
+    keys = ["kamailio", "asterisk", "agi", "redis", "postgres"]
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))
+    ports.update(overrides)
+    path = directory / "omnicc.yaml"
+    path.write_text(CONFIG_TEMPLATE.format(name=name, domain=DOMAIN, trunk=TRUNK_IP, **ports))
+    return path
+
+
+def omnicc_cli(directory: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the real `omnicc` command line in `directory` (its omnicc.yaml and var/)."""
+    return subprocess.run(
+        [sys.executable, "-m", "omnicc.cli", *args], cwd=directory, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+@dataclass
+class RunningStack:
+    directory: Path
+    stack: Stack
+
+    @property
+    def config(self) -> OmniccConfig:
+        return self.stack.config
+
+    @property
+    def proxy(self) -> str:
+        return f"127.0.0.1:{self.config.services.kamailio.port}"
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.redis_url, socket_timeout=5,
+                                    decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def running_stack() -> Iterator[RunningStack]:
+    directory = make_stack_dir("omnicc-it-")
+    config_path = write_config(directory, "main")
+    stack = Stack(load_config(config_path), config_path, directory / "var")
+    try:
+        stack.up(progress=lambda line: print(line, flush=True))
+        yield RunningStack(directory, stack)
+    finally:
+        stack.down(progress=lambda _line: None)
+        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def sipp_dir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,180 @@
+"""The first call end to end, through real Kamailio, Asterisk, the FastAGI server and SIPp.
+
+carrier (SIPp, 127.0.0.3) -> Kamailio -> Asterisk -> AGI inbound_route -> Asterisk Dial
+-> Kamailio (registrar lookup) -> agent phone (SIPp) answers -> carrier hangs up (BYE)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from omnicc import sipp
+from omnicc.events import read_events
+from omnicc.sipp import SippRun
+
+from .conftest import DOMAIN, STRANGER_IP, TRUNK_IP, RunningStack
+
+pytestmark = pytest.mark.integration
+
+PASSWORDS = {"1001": "it-pass-1001", "1002": "it-pass-1002"}
+
+
+@contextlib.contextmanager
+def agent_online(stack: RunningStack, workdir: Path, extension: str,
+                 calls: int = 1) -> Iterator[SippRun]:
+    """An agent phone listening, registered through Kamailio; unregistered afterwards."""
+    from omnicc.demo import free_udp_port
+
+    port = free_udp_port("127.0.0.1")
+    phone = sipp.agent_phone(workdir, local_ip="127.0.0.1", port=port, calls=calls).start()
+    time.sleep(0.3)
+    try:
+        reg = sipp.agent_register(
+            workdir, proxy=stack.proxy, extension=extension, password=PASSWORDS[extension],
+            domain=DOMAIN, local_ip="127.0.0.1", contact_port=port,
+        )
+        assert reg.run(timeout=30) == 0, reg.trace()
+        yield phone
+    finally:
+        phone.stop()
+        sipp.agent_register(
+            workdir, proxy=stack.proxy, extension=extension, password=PASSWORDS[extension],
+            domain=DOMAIN, local_ip="127.0.0.1", contact_port=port, expires=0,
+            name=f"unregister-{extension}",
+        ).run(timeout=30)
+
+
+def events_since(stack: RunningStack, since: str, want: int, timeout: float = 5.0) -> list[dict]:
+    """The tenant's events after `since`, waiting briefly for trailing ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = read_events(stack.redis(), "default", since=since)
+        if len(events) >= want or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def now_id() -> str:
+    return f"{int(time.time() * 1000)}-0"
+
+
+def final_status(run: SippRun) -> int:
+    """The final (>= 200) status code the caller received for its INVITE."""
+    codes = [int(line.split()[1]) for line in run.first_lines() if line.startswith("SIP/2.0 ")]
+    finals = [c for c in codes if c >= 200]
+    assert finals, f"no final response in {run.first_lines()}"
+    return finals[0]
+
+
+def test_agent_registers_with_digest_and_answers_a_call_to_the_demo_did(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    since = now_id()
+    with agent_online(running_stack, sipp_dir, "1001") as phone:
+        caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
+                                    local_ip=TRUNK_IP, talk_ms=1000)
+        assert caller.run(timeout=60) == 0, caller.trace()
+        assert phone.wait(timeout=15) == 0, phone.trace()
+
+    # SIPp's view: the caller got 200 and its BYE was answered; the agent phone received
+    # the INVITE for its AOR via Kamailio (Record-Route), answered it, and got the BYE.
+    assert caller.successful_calls == 1
+    lines = phone.first_lines()
+    assert lines[0].startswith("INVITE sip:1001@127.0.0.1:"), lines
+    assert "SIP/2.0 200 OK" in lines and any(line.startswith("BYE ") for line in lines)
+    kamailio = f"127.0.0.1:{running_stack.config.services.kamailio.port}"
+    assert f"Record-Route: <sip:{kamailio};lr>" in phone.trace()
+
+    # The FastAGI server's record: the routing decision and the answered call.
+    events = events_since(running_stack, since, want=2)
+    routed = [e for e in events if e["event"] == "call_routed"]
+    ended = [e for e in events if e["event"] == "call_ended"]
+    assert len(routed) == 1 and len(ended) == 1, events
+    assert routed[0]["did"] == "5550100"
+    assert routed[0]["agent"] == "1001"
+    assert routed[0]["trunk"] == "test-carrier"
+    assert routed[0]["node"] == "it-main"
+    assert routed[0]["caller"] == "5491155550000"
+    assert ended[0]["uniqueid"] == routed[0]["uniqueid"]
+    assert ended[0]["dialstatus"] == "ANSWER"
+
+
+def test_wrong_digest_password_is_refused(running_stack: RunningStack, sipp_dir: Path) -> None:
+    reg = sipp.agent_register(
+        sipp_dir, proxy=running_stack.proxy, extension="1001", password="not-the-password",
+        domain=DOMAIN, local_ip="127.0.0.1", contact_port=9,
+    )
+    assert reg.run(timeout=30) != 0
+    codes = [line for line in reg.first_lines() if line.startswith("SIP/2.0")]
+    assert codes and all(line.startswith("SIP/2.0 401") for line in codes), codes
+
+
+def test_unknown_extension_gets_the_same_challenge_as_a_known_one(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """No extension enumeration: a missing extension is challenged like an existing one."""
+    replies = {}
+    for ext in ("1001", "1999"):
+        reg = sipp.agent_register(
+            sipp_dir, proxy=running_stack.proxy, extension=ext, password="wrong-password",
+            domain=DOMAIN, local_ip="127.0.0.1", contact_port=9, name=f"enum-{ext}",
+        )
+        reg.run(timeout=30)
+        replies[ext] = [line for line in reg.first_lines() if line.startswith("SIP/2.0")]
+    assert replies["1001"] == replies["1999"]
+
+
+def test_call_to_an_agent_who_is_not_registered_fails_cleanly(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    since = now_id()
+    caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550101",
+                                local_ip=TRUNK_IP, talk_ms=500)
+    assert caller.run(timeout=60) != 0
+    assert final_status(caller) >= 400
+    events = events_since(running_stack, since, want=2)
+    ended = [e for e in events if e["event"] == "call_ended"]
+    assert ended and ended[0]["agent"] == "1002"
+    assert ended[0]["dialstatus"] in {"CHANUNAVAIL", "CONGESTION", "NOANSWER"}
+
+
+def test_unknown_did_is_rejected_as_unallocated(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    since = now_id()
+    caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5559999",
+                                local_ip=TRUNK_IP, talk_ms=500)
+    assert caller.run(timeout=60) != 0
+    # Q.850 1 "unallocated number": 404 Not Found.
+    assert final_status(caller) == 404
+    events = events_since(running_stack, since, want=1)
+    assert [e["event"] for e in events][:1] == ["call_unrouted"]
+    assert "5559999" in events[0]["reason"]
+
+
+def test_hangup_destination_rejects_the_call(running_stack: RunningStack, sipp_dir: Path) -> None:
+    since = now_id()
+    caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550199",
+                                local_ip=TRUNK_IP, talk_ms=500)
+    assert caller.run(timeout=60) != 0
+    assert final_status(caller) in {403, 603}
+    routed = [e for e in events_since(running_stack, since, want=1)
+              if e["event"] == "call_routed"]
+    assert routed and routed[0]["destination"] == "hangup"
+
+
+def test_call_from_an_untrusted_address_never_reaches_asterisk(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    since = now_id()
+    caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
+                                local_ip=STRANGER_IP, talk_ms=500)
+    assert caller.run(timeout=60) != 0
+    assert final_status(caller) in {401, 403, 407}
+    time.sleep(0.5)
+    assert read_events(running_stack.redis(), "default", since=since) == []
