@@ -24,12 +24,18 @@ if [ -n "$missing" ]; then
         exit 1
     fi
     echo "==> apt-get install$missing"
-    # The stack starts its own Redis and PostgreSQL on their own ports; keep the
-    # packages' system services from being started by the install where we can.
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing
+    # omnicc starts its own Kamailio on the config's port; a packaged kamailio service
+    # that this install just brought in would take 5060 first. Stop and disable it.
+    case " $missing " in
+        *" kamailio "*)
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now kamailio.service 2>/dev/null || true
+            fi ;;
+    esac
 fi
 
 # The venv must be built from the python3 Kamailio's app_python3 embeds (/usr/bin/python3),

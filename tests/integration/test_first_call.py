@@ -178,3 +178,21 @@ def test_call_from_an_untrusted_address_never_reaches_asterisk(
     assert final_status(caller) in {401, 403, 407}
     time.sleep(0.5)
     assert read_events(running_stack.redis(), "default", since=since) == []
+
+
+def test_fastagi_server_down_sends_the_call_to_failover(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """Asterisk cannot reach the FastAGI server: the call is refused at once with a 5xx
+    (Asterisk answers 503; Kamailio, with no other Asterisk node to try, relays it as 500
+    as RFC 3261 16.7 asks), never left ringing. The server comes back with `up`."""
+    agi = next(s for s in running_stack.stack.services if s.name == "agi")
+    agi.stop(progress=lambda _line: None)
+    try:
+        caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
+                                    local_ip=TRUNK_IP, talk_ms=500)
+        assert caller.run(timeout=60) != 0
+        assert final_status(caller) in {500, 503}
+    finally:
+        running_stack.stack.up(progress=lambda _line: None)
+    assert agi.status().healthy

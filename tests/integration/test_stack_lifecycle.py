@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,4 +179,21 @@ def test_a_service_that_dies_on_start_shows_its_log(tmp_path: Path) -> None:
         omnicc_cli(directory, "down")
         time.sleep(0.2)
         assert processes_mentioning(str(directory)) == []
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_missing_binary_names_its_debian_package(tmp_path: Path) -> None:
+    directory = make_stack_dir("omnicc-bin-")
+    try:
+        write_config(directory, "bin")
+        env = dict(os.environ, PATH=str(tmp_path))  # nothing on PATH: no redis-server
+        result = subprocess.run(
+            [sys.executable, "-m", "omnicc.cli", "up"], cwd=directory, env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 1
+        assert "redis-server not found" in result.stderr
+        assert "Debian package redis-server" in result.stderr
+        assert processes_mentioning(str(directory)) == []
+    finally:
         shutil.rmtree(directory, ignore_errors=True)
