@@ -3,7 +3,7 @@ script touches one Redis Cluster slot and a tenant can later move to its own sha
 
 
 def tenant_tag(tenant: str) -> str:
-    return "{t:%s}" % tenant
+    return "{t:" + tenant + "}"
 
 
 def events_stream(tenant: str) -> str:

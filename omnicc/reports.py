@@ -63,7 +63,7 @@ def _seconds(text: str | None) -> float:
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*headers), line.format(*("-" * w for w in widths))]
     out += [line.format(*map(str, row)) for row in rows]
     return "\n".join(s.rstrip() for s in out)

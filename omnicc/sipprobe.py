@@ -16,7 +16,8 @@ def sip_options_ping(host: str, port: int, timeout: float = 1.0) -> bool:
         call_id = secrets.token_hex(8)
         request = (
             f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local_host}:{local_port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+            f"Via: SIP/2.0/UDP {local_host}:{local_port};"
+            f"branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
             "Max-Forwards: 70\r\n"
             f"From: <sip:omnicc-health@{local_host}>;tag={secrets.token_hex(4)}\r\n"
             f"To: <sip:{host}:{port}>\r\n"

@@ -150,7 +150,7 @@ class Service:
                 )
 
     def ports_text(self) -> str:
-        return ", ".join(f"{port}/{proto}" for port, proto in self.ports())
+        return ", ".join(f"{port}/{proto}" for port, proto in self.ports()) or "-"
 
     def start(self, progress: Callable[[str], None]) -> None:
         pid = self.pid()
@@ -267,7 +267,8 @@ class RedisService(Service):
         )
 
     def argv(self) -> list[str]:
-        return [_find_binary("redis-server", "redis-server"), str(self.stack.etc_dir / "redis.conf")]
+        conf = self.stack.etc_dir / "redis.conf"
+        return [_find_binary("redis-server", "redis-server"), str(conf)]
 
     def healthy(self) -> bool:
         import redis
@@ -372,6 +373,44 @@ def _check_traversable(path: Path, user: str) -> None:
             )
 
 
+def python_service_env(**extra: str) -> dict[str, str]:
+    """Environment of omnicc's own Python services: the checkout importable, no buffering."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class HistoryService(Service):
+    """Copies the Redis event streams into PostgreSQL (omnicc/history.py)."""
+
+    name = "history"
+
+    def ports(self) -> list[tuple[int, str]]:
+        return []
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "omnicc.history", "--config", str(self.stack.config_path),
+                "--redis", self.stack.redis_url]
+
+    def env(self) -> dict[str, str]:
+        # The URL holds the password: the environment keeps it out of `ps`.
+        return python_service_env(OMNICC_DATABASE_URL=self.stack.postgres_dsn())
+
+    def healthy(self) -> bool:
+        import redis
+
+        from omnicc.history import heartbeat_key
+
+        try:
+            client = redis.Redis(host=self.host, port=self.cfg.services.redis.port,
+                                 socket_timeout=1)
+            return bool(client.exists(heartbeat_key(self.cfg.node)))
+        except redis.RedisError:
+            return False
+
+
 class AgiService(Service):
     name = "agi"
 
@@ -383,10 +422,7 @@ class AgiService(Service):
                 "--redis", self.stack.redis_url]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return python_service_env()
 
     def healthy(self) -> bool:
         from omnicc.agiprobe import agi_health_check
@@ -423,7 +459,8 @@ class AsteriskService(Service):
             raise StackError(f"asterisk: no modules directory under {base}/usr/lib")
         mod = "/" + os.path.relpath(mods[-1], base)
         return AsteriskDirs(
-            etc=f"{var}/etc/asterisk", mod=mod, varlib="/var/lib/asterisk", data="/usr/share/asterisk",
+            etc=f"{var}/etc/asterisk", mod=mod,
+            varlib="/var/lib/asterisk", data="/usr/share/asterisk",
             db=f"{var}/data/asterisk", spool=f"{var}/data/asterisk/spool",
             run=f"{var}/run/asterisk", log=f"{var}/log/asterisk",
         )
@@ -497,7 +534,7 @@ class Stack:
         # Start order: storage first, then the FastAGI server Asterisk asks, then
         # Asterisk, then Kamailio, the door, last (so no call arrives half-ready).
         self.services: list[Service] = [
-            RedisService(self), PostgresService(self), AgiService(self),
+            RedisService(self), PostgresService(self), HistoryService(self), AgiService(self),
             AsteriskService(self), KamailioService(self),
         ]
 

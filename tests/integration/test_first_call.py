@@ -196,3 +196,49 @@ def test_fastagi_server_down_sends_the_call_to_failover(
     finally:
         running_stack.stack.up(progress=lambda _line: None)
     assert agi.status().healthy
+
+
+def test_events_reach_postgresql_and_an_outage_loses_none(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """The history writer copies the event stream into call_event; with PostgreSQL down,
+    events wait in Redis and arrive once it is back, none lost and none twice."""
+    import psycopg
+
+    stack = running_stack.stack
+    postgres = next(s for s in stack.services if s.name == "postgres")
+
+    def rows_for(uniqueids: set[str]) -> list[tuple[str, str]]:
+        with psycopg.connect(stack.postgres_dsn()) as conn:
+            return conn.execute(
+                "SELECT uniqueid, event FROM call_event WHERE uniqueid = ANY(%s)",
+                (list(uniqueids),),
+            ).fetchall()
+
+    def wait_rows(uniqueids: set[str], want: int) -> list[tuple[str, str]]:
+        deadline = time.monotonic() + 20
+        while True:
+            rows = rows_for(uniqueids)
+            if len(rows) >= want or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.2)
+
+    since = now_id()
+    caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550199",
+                                local_ip=TRUNK_IP, talk_ms=200, name="before-outage")
+    caller.run(timeout=60)
+    first = {e["uniqueid"] for e in events_since(running_stack, since, want=2)}
+    assert sorted(event for _, event in wait_rows(first, 2)) == ["call_ended", "call_routed"]
+
+    postgres.stop(progress=lambda _line: None)
+    try:
+        since = now_id()
+        for i in range(3):
+            sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550199",
+                               local_ip=TRUNK_IP, talk_ms=200, name=f"outage-{i}").run(timeout=60)
+        during = {e["uniqueid"] for e in events_since(running_stack, since, want=6)}
+        assert len(during) == 3
+    finally:
+        stack.up(progress=lambda _line: None)
+    rows = wait_rows(during, 6)
+    assert len(rows) == 6 and len(set(rows)) == 6, rows

@@ -22,7 +22,7 @@ from .conftest import make_stack_dir, omnicc_cli, write_config
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ["redis", "postgres", "agi", "asterisk", "kamailio"]
+SERVICES = ["redis", "postgres", "history", "agi", "asterisk", "kamailio"]
 
 
 def processes_mentioning(text: str) -> list[str]:
