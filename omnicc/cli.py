@@ -10,6 +10,14 @@ from pathlib import Path
 from omnicc.config import ConfigError, OmniccConfig, load_config
 
 
+def _program() -> str:
+    """How the user can run this same omnicc again (e.g. .venv/bin/omnicc)."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "omnicc" and os.sep in argv0:
+        return os.path.relpath(argv0)
+    return "omnicc"
+
+
 def _config(args: argparse.Namespace) -> OmniccConfig:
     return load_config(args.config)
 
@@ -99,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from omnicc.demo import run_demo
 
     stack = _stack(args)
-    down = f"omnicc -c {args.config} down"
+    down = f"{_program()} -c {args.config} down"
     if not all(st.healthy for st in stack.status()):
         print("omnicc demo: the stack is not up; start it with `omnicc up`", file=sys.stderr)
         return 1
