@@ -11,7 +11,6 @@ names site directories holding the omnicc package and its dependencies.
 
 import os
 import site
-import sys
 import traceback
 
 for _dir in filter(None, os.environ.get("OMNICC_PYTHONPATH", "").split(":")):
@@ -26,6 +25,11 @@ from omnicc.sip_policy import Source, SourcePolicy, agent_password  # noqa: E402
 INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk")
 DISPATCHER_SET = 1
 DISPATCHER_ROUND_ROBIN = 4
+
+
+def one_line_traceback():
+    # One log line per failure, so a log search finds the whole of it.
+    return traceback.format_exc().replace("\n", " | ")
 
 
 def mod_init():
@@ -43,7 +47,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         try:
             self.config = load_config(path)
         except ConfigError as exc:
-            KSR.err("omnicc: cannot load config %s:\n%s\n" % (path, exc))
+            KSR.err(f"omnicc: cannot load config {path}:\n{exc}\n")
             return -1
         self.policy = SourcePolicy(self.config)
         return 0
@@ -54,8 +58,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.route_request()
         except Exception:
             # Never leave a request unanswered: log, reply 500, keep the worker serving.
-            KSR.err("omnicc: exception in request route: %s\n"
-                    % traceback.format_exc().replace("\n", " | "))
+            KSR.err(f"omnicc: exception in request route: {one_line_traceback()}\n")
             if not KSR.is_ACK():
                 KSR.sl.sl_send_reply(500, "Server Internal Error")
         return 1
@@ -65,7 +68,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
-            KSR.err("omnicc: malformed request from %s\n" % KSR.pv.get("$si"))
+            KSR.err("omnicc: malformed request from {}\n".format(KSR.pv.get("$si")))
             return
         if KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.pv.is_null("$rU"):
             KSR.sl.sl_send_reply(200, "Keepalive")
@@ -79,7 +82,11 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             if KSR.tm.t_check_trans() > 0:
                 self.relay()
             return
-        KSR.tm.t_check_trans()
+        # 0: a retransmission tm has absorbed (it resent the last reply). A native
+        # kamailio.cfg stops there by itself; a KEMI script must return, or the copy would
+        # be authenticated and routed a second time.
+        if KSR.tm.t_check_trans() == 0:
+            return
         # An initial request is routed by omnicc, never by Route headers it brought.
         KSR.hdr.remove("Route")
 
@@ -136,8 +143,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if KSR.dispatcher.ds_select_dst(DISPATCHER_SET, DISPATCHER_ROUND_ROBIN) < 0:
             KSR.sl.sl_send_reply(503, "No Asterisk Node Available")
             return
-        KSR.hdr.append("X-Omnicc-Tenant: %s\r\n" % tenant)
-        KSR.hdr.append("X-Omnicc-Trunk: %s\r\n" % trunk)
+        KSR.hdr.append(f"X-Omnicc-Tenant: {tenant}\r\n")
+        KSR.hdr.append(f"X-Omnicc-Trunk: {trunk}\r\n")
         KSR.rr.record_route()
         KSR.tm.t_on_failure("ksr_failure_next_asterisk")
         self.relay()
@@ -162,8 +169,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                     KSR.tm.t_on_failure("ksr_failure_next_asterisk")
                     self.relay()
         except Exception:
-            KSR.err("omnicc: exception in failure route: %s\n"
-                    % traceback.format_exc().replace("\n", " | "))
+            KSR.err(f"omnicc: exception in failure route: {one_line_traceback()}\n")
         return 1
 
     # ------------------------------------------------------------------ helpers

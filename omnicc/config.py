@@ -338,7 +338,8 @@ def _yaml_problem(path: str, text: str, exc: yaml.YAMLError) -> str:
         line = f":{mark.line + 1}"
     elif isinstance(exc, yaml.reader.ReaderError):
         # A bad character has no mark, only an offset into the text.
-        line = f":{text.count(chr(10), 0, exc.position) + 1}"
+        line_number = text.count("\n", 0, exc.position) + 1
+        line = f":{line_number}"
     else:
         line = ""
     if isinstance(exc, yaml.reader.ReaderError):

@@ -1,0 +1,207 @@
+"""omnicc/render.py: Kamailio and Asterisk configs rendered from the example config."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from omnicc.config import OmniccConfig, load_config, parse_config
+from omnicc.render import (
+    DIALPLAN_FILE,
+    KEMI_SCRIPT,
+    STACK_ASTERISK_FILES,
+    AsteriskDirs,
+    render_asterisk,
+    render_kamailio,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_PATH = REPO_ROOT / "examples" / "omnicc.yaml"
+
+STACK_DIRS = AsteriskDirs(
+    etc="/stack/etc/asterisk", mod="/usr/lib/asterisk/modules", varlib="/var/lib/asterisk",
+    data="/usr/share/asterisk", db="/stack/data/asterisk", spool="/stack/data/asterisk/spool",
+    run="/stack/run/asterisk", log="/stack/log/asterisk",
+)
+
+# Two tenants and two explicit Asterisk nodes: what a carrier deployment looks like.
+MULTI_TENANT = """
+node: edge-2
+services: {listen: 10.1.2.3, kamailio: {port: 5070}, asterisk: {port: 5090}, agi: {port: 4600}}
+asterisk_nodes:
+  - {host: 10.1.2.10, port: 5080}
+  - {host: 10.1.2.11}
+tenants:
+  - {name: acme, domain: acme.example}
+  - {name: globex, domain: globex.example}
+"""
+
+
+@pytest.fixture(scope="module")
+def example() -> OmniccConfig:
+    return load_config(EXAMPLE_PATH)
+
+
+def read(directory: Path, name: str) -> str:
+    return (directory / name).read_text(encoding="utf-8")
+
+
+def settings_of(text: str) -> list[str]:
+    """The non-comment lines of a config file, stripped."""
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith((";", "#!", "# "))]
+
+
+def assert_fully_rendered(paths: list[Path]) -> None:
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        # StrictUndefined already raises on a missing variable; this also catches a
+        # template tag that was escaped or mistyped and copied through verbatim.
+        for leftover in ("{{", "}}", "{%", "%}", "{#"):
+            assert leftover not in text, f"{path.name} holds {leftover!r}"
+
+
+# ---------------------------------------------------------------------------- Kamailio
+
+
+def test_kamailio_cfg_listens_and_loads_the_kemi_script(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    written = render_kamailio(example, tmp_path)
+    assert written == [tmp_path / "kamailio.cfg", tmp_path / "dispatcher.list"]
+    assert_fully_rendered(written)
+    cfg = read(tmp_path, "kamailio.cfg")
+    assert cfg.startswith("#!KAMAILIO\n")
+    lines = settings_of(cfg)
+    assert "listen=udp:127.0.0.1:5060" in lines
+    assert "listen=tcp:127.0.0.1:5060" in lines
+    assert f'modparam("app_python3", "load", "{KEMI_SCRIPT}")' in lines
+    assert 'cfgengine "python"' in lines
+    assert f'modparam("dispatcher", "list_file", "{tmp_path / "dispatcher.list"}")' in lines
+    # Registrar functions called from KEMI need the location table declared at start-up.
+    assert 'modparam("usrloc", "preload", "location")' in lines
+
+
+def test_kamailio_cfg_has_an_alias_per_tenant_domain(tmp_path: Path) -> None:
+    render_kamailio(parse_config(MULTI_TENANT), tmp_path)
+    lines = settings_of(read(tmp_path, "kamailio.cfg"))
+    assert [line for line in lines if line.startswith("alias=")] == [
+        'alias="acme.example"', 'alias="globex.example"',
+    ]
+    assert "listen=udp:10.1.2.3:5070" in lines
+
+
+def test_dispatcher_list_holds_each_asterisk_node(tmp_path: Path) -> None:
+    render_kamailio(parse_config(MULTI_TENANT), tmp_path)
+    entries = settings_of(read(tmp_path, "dispatcher.list"))
+    assert entries == [
+        "1 sip:10.1.2.10:5080 0 0 duid=10.1.2.10:5080",
+        "1 sip:10.1.2.11:5060 0 0 duid=10.1.2.11:5060",
+    ]
+
+
+def test_dispatcher_list_defaults_to_the_local_asterisk(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    render_kamailio(example, tmp_path)
+    assert settings_of(read(tmp_path, "dispatcher.list")) == [
+        "1 sip:127.0.0.1:5080 0 0 duid=127.0.0.1:5080",
+    ]
+
+
+def test_kamailio_options_reach_the_cfg(example: OmniccConfig, tmp_path: Path) -> None:
+    deployed_list = Path("/etc/kamailio/omnicc-dispatcher.list")
+    render_kamailio(
+        example, tmp_path, kemi_script=Path("/opt/omnicc/kemi/omnicc_kemi.py"),
+        dispatcher_list=deployed_list, rundir=Path("/run/omnicc"), log_stderr=True, children=8,
+    )
+    lines = settings_of(read(tmp_path, "kamailio.cfg"))
+    assert 'modparam("app_python3", "load", "/opt/omnicc/kemi/omnicc_kemi.py")' in lines
+    assert f'modparam("dispatcher", "list_file", "{deployed_list}")' in lines
+    assert 'modparam("jsonrpcs", "fifo_name", "/run/omnicc/kamailio_rpc.fifo")' in lines
+    assert {"log_stderror=yes", "children=8", "tcp_children=4"} <= set(lines)
+    # The list itself is still written beside kamailio.cfg, for the deployer to copy.
+    assert (tmp_path / "dispatcher.list").exists()
+
+
+def test_rendering_twice_gives_the_same_files_and_leaves_no_temporaries(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    first = [p.read_bytes() for p in render_kamailio(example, tmp_path)]
+    second = [p.read_bytes() for p in render_kamailio(example, tmp_path)]
+    assert first == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dispatcher.list", "kamailio.cfg"]
+
+
+# ---------------------------------------------------------------------------- Asterisk
+
+
+def test_pjsip_binds_the_asterisk_port_and_identifies_kamailio(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    render_asterisk(example, tmp_path)
+    pjsip = read(tmp_path, "pjsip.conf")
+    lines = settings_of(pjsip)
+    assert "bind = 127.0.0.1:5080" in lines
+    identify = pjsip.split("type = identify", 1)[1]
+    assert re.search(r"^match = 127\.0\.0\.1$", identify, re.MULTILINE)
+    assert "outbound_proxy = sip:127.0.0.1:5060\\;lr" in lines
+    assert "contact = sip:127.0.0.1:5060" in lines
+
+
+def test_extensions_conf_points_at_the_agi_server_and_includes_the_dialplan(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    written = render_asterisk(example, tmp_path)
+    lines = settings_of(read(tmp_path, "extensions.conf"))
+    assert "OMNICC_AGI = agi://127.0.0.1:4573" in lines
+    assert "OMNICC_NODE = demo-1" in lines
+    assert '#include "omnicc.conf"' in lines
+    # The included dialplan is copied beside it, unchanged.
+    assert tmp_path / "omnicc.conf" in written
+    assert read(tmp_path, "omnicc.conf") == DIALPLAN_FILE.read_text(encoding="utf-8")
+
+
+def test_asterisk_ports_follow_the_config(tmp_path: Path) -> None:
+    render_asterisk(parse_config(MULTI_TENANT), tmp_path)
+    assert "bind = 10.1.2.3:5090" in settings_of(read(tmp_path, "pjsip.conf"))
+    assert "OMNICC_AGI = agi://10.1.2.3:4600" in settings_of(read(tmp_path, "extensions.conf"))
+
+
+def test_without_stack_dirs_only_the_deployable_files_are_written(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    written = render_asterisk(example, tmp_path)
+    assert_fully_rendered(written)
+    assert sorted(p.name for p in written) == ["extensions.conf", "omnicc.conf", "pjsip.conf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "extensions.conf", "omnicc.conf", "pjsip.conf",
+    ]
+
+
+def test_with_stack_dirs_asterisk_conf_and_modules_conf_are_written(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "etc" / "asterisk"  # render creates missing directories
+    written = render_asterisk(example, out, dirs=STACK_DIRS, rtp_ports=(30000, 30100))
+    assert_fully_rendered(written)
+    names = {p.name for p in written}
+    assert {"asterisk.conf", "modules.conf", "logger.conf", "rtp.conf"} <= names
+    assert set(STACK_ASTERISK_FILES) <= names
+    assert {p.name for p in out.iterdir()} == names
+
+    asterisk_conf = settings_of(read(out, "asterisk.conf"))
+    assert "astetcdir => /stack/etc/asterisk" in asterisk_conf
+    assert "astmoddir => /usr/lib/asterisk/modules" in asterisk_conf
+    assert "astrundir => /stack/run/asterisk" in asterisk_conf
+    assert "astlogdir => /stack/log/asterisk" in asterisk_conf
+
+    modules = settings_of(read(out, "modules.conf"))
+    assert "autoload = no" in modules
+    assert {"load = res_agi.so", "load = chan_pjsip.so", "load = app_dial.so"} <= set(modules)
+
+    assert {"rtpstart = 30000", "rtpend = 30100", "icesupport = no"} <= set(
+        settings_of(read(out, "rtp.conf"))
+    )
