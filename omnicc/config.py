@@ -252,9 +252,41 @@ class Tenant(_Strict):
         return next((r for r in self.inbound_routes if r.did == did), None)
 
 
+class JwtAuth(_Strict):
+    """Agent bearer tokens (RFC 8898). `aud` of a token is its tenant's SIP domain."""
+
+    issuer: str = "omnicc"
+    # Verification keys (a JWKS document), so an outside identity provider can issue
+    # tokens; relative paths are relative to the config file. None: var/secrets/jwks.json,
+    # made by the local stack with its own signing key.
+    jwks_file: str | None = None
+    # The key `omnicc token agent` signs with (PEM) and its key id.
+    signing_key_file: str | None = None
+    signing_kid: str = "omnicc-1"
+    algorithm: Literal["EdDSA", "ES256", "RS256"] = "EdDSA"
+    token_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=31 * 24 * 3600)
+
+
+class DigestAuth(_Strict):
+    """Time-limited digest credentials for hard phones (as Kamailio's auth_ephemeral):
+    username `EXPIRY:EXT`, password base64(HMAC-SHA256(secret, username))."""
+
+    # The shared secret (a file holding it); None: var/secrets/digest.secret.
+    ephemeral_secret_file: str | None = None
+    credential_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=366 * 24 * 3600)
+    # Static passwords from tenants[].agents[].password still work when true.
+    allow_static_passwords: bool = True
+
+
+class Auth(_Strict):
+    jwt: JwtAuth = JwtAuth()
+    digest: DigestAuth = DigestAuth()
+
+
 class OmniccConfig(_Strict):
     node: str = "omnicc-1"
     services: Services = Services()
+    auth: Auth = Auth()
     # Asterisk nodes behind Kamailio's dispatcher; empty means the local stack's Asterisk.
     asterisk_nodes: list[AsteriskNode] = []
     tenants: list[Tenant] = Field(min_length=1)
