@@ -103,7 +103,7 @@ class AsteriskNode(_Strict):
     """An Asterisk node Kamailio relays calls to (a dispatcher destination)."""
 
     host: str
-    port: Port = 5060
+    port: Port = 5080  # the same default as services.asterisk.port
 
     @field_validator("host")
     @classmethod
@@ -278,6 +278,26 @@ class DigestAuth(_Strict):
     allow_static_passwords: bool = True
 
 
+class Security(_Strict):
+    """What Kamailio does to sources that misbehave. Trusted peers (trunks, the PBX,
+    Asterisk nodes) are exempt from all of it."""
+
+    # Flood: more than flood_requests requests within flood_window_seconds from one IP.
+    flood_requests: int = Field(default=200, ge=1)
+    flood_window_seconds: int = Field(default=2, ge=1, le=3600)
+    # Repeated authentication failures (wrong password, bad token) from one IP.
+    auth_failures: int = Field(default=10, ge=1)
+    auth_failure_window_seconds: int = Field(default=60, ge=1, le=86400)
+    ban_seconds: int = Field(default=900, ge=1, le=30 * 86400)
+    max_message_bytes: int = Field(default=16384, ge=1024, le=65535)
+    # Requests whose User-Agent contains one of these (case-insensitive) are dropped and
+    # their source banned.
+    scanner_user_agents: list[str] = [
+        "friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "iwar",
+        "sundayddr", "vaxsipuseragent", "pplsip", "smap", "nmap", "sipscan",
+    ]
+
+
 class Auth(_Strict):
     jwt: JwtAuth = JwtAuth()
     digest: DigestAuth = DigestAuth()
@@ -287,6 +307,7 @@ class OmniccConfig(_Strict):
     node: str = "omnicc-1"
     services: Services = Services()
     auth: Auth = Auth()
+    security: Security = Security()
     # Asterisk nodes behind Kamailio's dispatcher; empty means the local stack's Asterisk.
     asterisk_nodes: list[AsteriskNode] = []
     tenants: list[Tenant] = Field(min_length=1)

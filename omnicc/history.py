@@ -64,7 +64,9 @@ class HistoryWriter:
         self.config = config
         self.redis = client
         self.dsn = dsn
-        self.consumer = consumer or f"{config.node}-{os.getpid()}"
+        # One consumer name per node, stable across restarts: a writer killed between
+        # reading and storing re-reads its own pending entries when it comes back.
+        self.consumer = consumer or config.node
         self._conn: psycopg.Connection[Any] | None = None
 
     def ensure_groups(self) -> None:

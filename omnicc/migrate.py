@@ -38,7 +38,12 @@ def apply_migrations(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """
     files = migration_files(sql_dir)
     applied_now: list[str] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())
+        raise MigrationError(f"cannot connect to PostgreSQL: {reason}") from None
+    with conn:
         conn.execute("SELECT pg_advisory_lock(7240001)")
         try:
             conn.execute(

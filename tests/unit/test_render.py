@@ -98,7 +98,7 @@ def test_dispatcher_list_holds_each_asterisk_node(tmp_path: Path) -> None:
     entries = settings_of(read(tmp_path, "dispatcher.list"))
     assert entries == [
         "1 sip:10.1.2.10:5080 0 0 duid=10.1.2.10:5080",
-        "1 sip:10.1.2.11:5060 0 0 duid=10.1.2.11:5060",
+        "1 sip:10.1.2.11:5080 0 0 duid=10.1.2.11:5080",  # the default port
     ]
 
 

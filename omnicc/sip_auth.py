@@ -1,0 +1,55 @@
+"""Agent authentication at the SIP edge: which credentials a request carries, and whether
+they prove the agent it claims to be. Pure logic; the KEMI script does the SIP I/O and
+Kamailio's auth module does the digest arithmetic (nonces, HA1).
+
+Three kinds of credentials are accepted from agents:
+- RFC 8898 bearer tokens: `Authorization: Bearer <JWT>` (or Proxy-Authorization);
+- time-limited digest credentials, as Kamailio's auth_ephemeral (username EXPIRY:EXT);
+- static digest passwords from the config, when auth.digest.allow_static_passwords.
+Whatever fails, the reply does not tell an unknown extension from a known one.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+BEARER_RE = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+DIGEST_RE = re.compile(r"^\s*Digest\s", re.IGNORECASE)
+# Longer than any token we mint by far; a 64 KB header is refused before any parsing.
+MAX_CREDENTIAL_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class Credentials:
+    scheme: str  # "none" | "bearer" | "digest" | "malformed"
+    token: str = ""
+
+
+def parse_authorization(value: str | None) -> Credentials:
+    """Classify an Authorization / Proxy-Authorization header value."""
+    if not value:
+        return Credentials("none")
+    if len(value) > MAX_CREDENTIAL_BYTES:
+        return Credentials("malformed")
+    bearer = BEARER_RE.match(value)
+    if bearer:
+        return Credentials("bearer", bearer.group(1))
+    if value.lstrip().lower().startswith("bearer"):
+        return Credentials("malformed")  # "Bearer" with nothing, or with spaces inside
+    if DIGEST_RE.match(value):
+        return Credentials("digest")
+    return Credentials("malformed")
+
+
+def bearer_challenge(realm: str, proxy: bool) -> str:
+    """The Bearer challenge header sent beside the Digest one (RFC 8898 section 2.1)."""
+    name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+    return f'{name}: Bearer realm="{realm}"\r\n'
+
+
+def decoy_password() -> str:
+    """A password nobody holds: unknown users and expired credentials are checked against
+    it, so they fail exactly as a wrong password does."""
+    return secrets.token_urlsafe(32)
