@@ -13,6 +13,7 @@ import sys
 
 import redis.asyncio as aioredis
 
+from agi.handlers.agent_call import AgentCall
 from agi.handlers.call_end import CallEnd
 from agi.handlers.health import health
 from agi.handlers.inbound_route import InboundRoute
@@ -27,6 +28,7 @@ def build_routes(config: OmniccConfig, events: EventLog) -> dict[str, Handler]:
         "health": health,
         "inbound_route": InboundRoute(config, events),
         "call_end": CallEnd(config, events),
+        "agent_call": AgentCall(config, events),
     }
 
 

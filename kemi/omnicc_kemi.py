@@ -1,16 +1,18 @@
 """omnicc's Kamailio routing, as a KEMI script for app_python3.
 
 Reads like the kamailio.cfg it replaces: one route per kind of request. Decisions that
-are pure logic (who sent this, which agent is that) live in the omnicc core; this file
-only translates them into KSR calls.
+are pure logic (who sent this, which agent is that, is this token good) live in the omnicc
+core; this file only translates them into KSR calls.
 
 Kamailio loads it with: modparam("app_python3", "load", "/path/to/omnicc_kemi.py").
-Environment: OMNICC_CONFIG names the omnicc.yaml; OMNICC_PYTHONPATH (colon separated)
-names site directories holding the omnicc package and its dependencies.
+Environment: OMNICC_CONFIG names the omnicc.yaml; OMNICC_VAR the local stack's var/ (for
+default secrets); OMNICC_REDIS_URL the Redis every node shares; OMNICC_PYTHONPATH (colon
+separated) names site directories holding the omnicc package and its dependencies.
 """
 
 import os
 import site
+import time
 import traceback
 
 for _dir in filter(None, os.environ.get("OMNICC_PYTHONPATH", "").split(":")):
@@ -18,11 +20,14 @@ for _dir in filter(None, os.environ.get("OMNICC_PYTHONPATH", "").split(":")):
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from omnicc.config import ConfigError, load_config  # noqa: E402
-from omnicc.sip_policy import Source, SourcePolicy, agent_password  # noqa: E402
+from omnicc.agent_auth import AgentAuthenticator, AuthFailure  # noqa: E402
+from omnicc.config import load_config  # noqa: E402
+from omnicc.sip_auth import bearer_challenge, parse_authorization  # noqa: E402
+from omnicc.sip_policy import Source, SourcePolicy  # noqa: E402
+from omnicc.sip_security import ALLOWED_METHODS, BanList, is_scanner  # noqa: E402
 
 # Headers only omnicc may set: stripped from everything that enters from outside.
-INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk")
+INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk", "X-Omnicc-Agent")
 DISPATCHER_SET = 1
 DISPATCHER_ROUND_ROBIN = 4
 
@@ -40,16 +45,28 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     def __init__(self):
         self.config = None
         self.policy = None
+        self.auth = None
+        self.bans = None
 
     def child_init(self, rank):
-        # Each worker has its own interpreter: load the config here, per process.
+        # Each worker has its own interpreter: load the config and open Redis here.
         path = os.environ.get("OMNICC_CONFIG", "omnicc.yaml")
         try:
             self.config = load_config(path)
-        except ConfigError as exc:
-            KSR.err(f"omnicc: cannot load config {path}:\n{exc}\n")
+            self.policy = SourcePolicy(self.config)
+            import redis
+
+            client = redis.Redis.from_url(
+                os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                socket_timeout=0.5, socket_connect_timeout=0.5,
+            )
+            self.auth = AgentAuthenticator.from_config(
+                self.config, path, os.environ.get("OMNICC_VAR", "var"), client
+            )
+            self.bans = BanList(client, self.config.node)
+        except Exception as exc:  # config, secrets, keys: the log must say which
+            KSR.err(f"omnicc: cannot start with config {path}: {' '.join(str(exc).split())}\n")
             return -1
-        self.policy = SourcePolicy(self.config)
         return 0
 
     # ------------------------------------------------------------------ request route
@@ -64,8 +81,15 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         return 1
 
     def route_request(self):
+        peer = self.policy.classify(KSR.pv.get("$si"), KSR.pv.geti("$sp"))
+        if peer.source is Source.UNTRUSTED and not self.screen_untrusted():
+            return
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        if KSR.pv.get("$rm") not in ALLOWED_METHODS:
+            KSR.hdr.append_to_reply("Allow: " + ", ".join(sorted(ALLOWED_METHODS)) + "\r\n")
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
             KSR.err("omnicc: malformed request from {}\n".format(KSR.pv.get("$si")))
@@ -75,8 +99,11 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             return
 
         KSR.force_rport()
+        if peer.source is not Source.ASTERISK:
+            for name in INTERNAL_HEADERS:
+                KSR.hdr.remove(name)
         if KSR.siputils.has_totag() > 0:
-            self.route_within_dialog()
+            self.route_within_dialog(peer)
             return
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
@@ -90,22 +117,45 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         # An initial request is routed by omnicc, never by Route headers it brought.
         KSR.hdr.remove("Route")
 
-        peer = self.policy.classify(KSR.pv.get("$si"), KSR.pv.geti("$sp"))
-        if peer.source is not Source.ASTERISK:
-            for name in INTERNAL_HEADERS:
-                KSR.hdr.remove(name)
-
         if KSR.is_REGISTER():
-            self.route_register()
+            self.route_register(peer)
         elif peer.source is Source.ASTERISK:
             self.route_to_agent()
         elif peer.source is Source.TRUNK:
-            self.route_to_asterisk(peer.tenant.name, peer.trunk.name)
+            self.route_to_asterisk(peer.tenant.name, trunk=peer.trunk.name)
         else:
             self.route_from_agent()
 
+    def screen_untrusted(self):
+        """Bans, flood, scanners, size: False if the request must go no further."""
+        ip = KSR.pv.get("$si")
+        security = self.config.security
+        try:
+            if self.bans.count(ip, "flood", limit=security.flood_requests,
+                               window=security.flood_window_seconds,
+                               ban_seconds=security.ban_seconds, reason="flood"):
+                return False  # banned: dropped without a reply
+            if is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents):
+                self.bans.ban(ip, "scanner", security.ban_seconds)
+                KSR.info(f"omnicc: banned scanner {ip}\n")
+                return False
+        except Exception:
+            # Redis unreachable: keep serving (authentication still guards every request).
+            KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+        if KSR.pv.geti("$ml") > security.max_message_bytes:
+            KSR.sl.sl_send_reply(513, "Message Too Large")
+            return False
+        return True
+
     # ------------------------------------------------------------------ routes
-    def route_within_dialog(self):
+    def route_within_dialog(self, peer):
+        # A request from an untrusted source that merely claims to be in a dialog (To tag,
+        # Route header) is relayed only if this proxy set that dialog up: the classic
+        # toll-fraud path goes no further.
+        if peer.source is Source.UNTRUSTED and KSR.dialog.is_known_dlg() < 0:
+            if not KSR.is_ACK():
+                KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
+            return
         if KSR.rr.loose_route() > 0:
             self.relay()
             return
@@ -115,15 +165,21 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             return
         KSR.sl.sl_send_reply(404, "Not here")
 
-    def route_register(self):
-        tenant = self.authenticate("$tU", "$td")
-        if tenant is None:
+    def route_register(self, peer):
+        if peer.source is not Source.UNTRUSTED:
+            KSR.sl.sl_send_reply(403, "Trusted Peers Do Not Register")
             return
+        if self.authenticate("$tU", "$td") is None:
+            return
+        # An agent behind NAT: register the address it came from, not the one it wrote.
+        if KSR.nathelper.nat_uac_test(19) > 0:
+            KSR.nathelper.fix_nated_register()
         if KSR.registrar.save("location", 0) < 0:
             KSR.sl.sl_reply_error()
 
     def route_to_agent(self):
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""
+        KSR.dialog.dlg_manage()  # so the agent's in-dialog requests are recognised
         KSR.rr.record_route()
         rc = KSR.registrar.lookup("location")
         if rc < 0:
@@ -135,8 +191,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             return
         self.relay()
 
-    def route_to_asterisk(self, tenant, trunk):
-        """A call from a trusted peer: to an Asterisk node, chosen by the dispatcher."""
+    def route_to_asterisk(self, tenant, *, trunk="", agent=""):
+        """A call from a trusted peer or an agent: to an Asterisk node (dispatcher)."""
         if not KSR.is_INVITE():
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return
@@ -144,17 +200,22 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             KSR.sl.sl_send_reply(503, "No Asterisk Node Available")
             return
         KSR.hdr.append(f"X-Omnicc-Tenant: {tenant}\r\n")
-        KSR.hdr.append(f"X-Omnicc-Trunk: {trunk}\r\n")
+        if trunk:
+            KSR.hdr.append(f"X-Omnicc-Trunk: {trunk}\r\n")
+        if agent:
+            KSR.hdr.append(f"X-Omnicc-Agent: {agent}\r\n")
+        KSR.dialog.dlg_manage()
         KSR.rr.record_route()
         KSR.tm.t_on_failure("ksr_failure_next_asterisk")
         self.relay()
 
     def route_from_agent(self):
-        tenant = self.authenticate("$fU", "$fd")
-        if tenant is None:
+        identity = self.authenticate("$fU", "$fd")
+        if identity is None:
             return
-        # Calls placed by agents are the subject of later work (outbound routes).
-        KSR.sl.sl_send_reply(403, "Calls From Agents Not Enabled")
+        if KSR.is_INVITE() and KSR.nathelper.nat_uac_test(19) > 0:
+            KSR.nathelper.fix_nated_contact()
+        self.route_to_asterisk(identity.tenant.name, agent=identity.extension)
 
     # ------------------------------------------------------------------ failure route
     def ksr_failure_next_asterisk(self, msg):
@@ -174,20 +235,58 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     # ------------------------------------------------------------------ helpers
     def authenticate(self, user_pv, domain_pv):
-        """Digest-authenticate an agent; on failure the challenge or error is already sent."""
+        """Authenticate an agent (bearer token or digest). Returns its identity, or None
+        when a challenge or refusal has been sent."""
         domain = KSR.pv.get(domain_pv) or ""
         user = KSR.pv.get(user_pv) or ""
-        tenant, password = agent_password(self.config, domain, user)
-        realm = tenant.domain if tenant else domain
+        tenant = self.config.tenant_by_domain(domain.lower())
         if tenant is None:
             KSR.sl.sl_send_reply(403, "Forbidden")
             return None
-        rc = KSR.auth.pv_auth_check(realm, password, 0, 1)
-        if rc < 0:
-            KSR.auth.auth_challenge(realm, 0)
+        register = KSR.is_REGISTER()
+        header = KSR.pv.get("$hdr(Authorization)") if register else (
+            KSR.pv.get("$hdr(Proxy-Authorization)") or KSR.pv.get("$hdr(Authorization)"))
+        credentials = parse_authorization(header)
+        now = time.time()
+        try:
+            if credentials.scheme == "bearer":
+                identity = self.auth.check_bearer(credentials.token, tenant, user, now)
+            elif credentials.scheme == "digest":
+                # $aU: the whole digest username; $au would cut "EXPIRY:EXT" to EXT.
+                auth_user = KSR.pv.get("$aU") or ""
+                password = self.auth.digest_password(tenant, user, auth_user, now)
+                # checks=0: the identity (auth user vs AOR) is checked by digest_password.
+                if KSR.auth.pv_auth_check(tenant.domain, password, 0, 0) < 0:
+                    raise AuthFailure("digest")
+                identity = self.auth.identity(tenant, user)
+            elif credentials.scheme == "malformed":
+                raise AuthFailure("malformed")
+            else:
+                self.challenge(tenant.domain, register)
+                return None
+        except AuthFailure as failure:
+            self.auth_failed(failure.reason)
+            self.challenge(tenant.domain, register)
             return None
-        KSR.auth.consume_credentials()
-        return tenant
+        # Credentials end here: never forwarded to Asterisk or anyone else.
+        KSR.hdr.remove("Authorization")
+        KSR.hdr.remove("Proxy-Authorization")
+        return identity
+
+    def challenge(self, realm, register):
+        KSR.hdr.append_to_reply(bearer_challenge(realm, proxy=not register))
+        KSR.auth.auth_challenge(realm, 0)
+
+    def auth_failed(self, reason):
+        ip = KSR.pv.get("$si")
+        security = self.config.security
+        KSR.info(f"omnicc: authentication failed from {ip}: {reason}\n")
+        try:
+            self.bans.count(ip, "authfail", limit=security.auth_failures,
+                            window=security.auth_failure_window_seconds,
+                            ban_seconds=security.ban_seconds, reason="auth-failures")
+        except Exception:
+            KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
 
     def relay(self):
         if KSR.tm.t_relay() < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from omnicc.config import ConfigError, OmniccConfig, load_config
@@ -60,7 +61,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         health = "ok" if st.healthy else ("NOT ANSWERING" if st.pid else "stopped")
         rows.append([st.name, str(st.pid or "-"), st.ports, health])
     print(format_table(["service", "pid", "ports", "health"], rows))
-    return 0 if all(st.healthy for st in stack.status()) else 3
+    healthy = all(st.healthy for st in stack.status())
+    redis_status = next(st for st in stack.status() if st.name == "redis")
+    if redis_status.healthy:
+        print()
+        print(_bans_table(stack))
+    return 0 if healthy else 3
+
+
+def _ban_list(stack):
+    import redis
+
+    from omnicc.sip_security import BanList
+
+    return BanList(redis.Redis.from_url(stack.redis_url, socket_timeout=5))
+
+
+def _bans_table(stack) -> str:
+    from omnicc.reports import format_table
+
+    bans = _ban_list(stack).list()
+    if not bans:
+        return "bans: none"
+    rows = [[b.ip, b.reason, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.since)),
+             f"{b.expires_in} s"] for b in bans]
+    return "bans:\n" + format_table(["ip", "reason", "since", "expires in"], rows)
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        ip = str(ipaddress.ip_address(args.ip))
+    except ValueError:
+        print(f"omnicc unban: not an IP address: {args.ip!r}", file=sys.stderr)
+        return 2
+    if _ban_list(_stack(args)).unban(ip):
+        print(f"{ip}: ban lifted")
+        return 0
+    print(f"{ip}: not banned")
+    return 1
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -137,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start the local stack; returns when all of it answers"
                    ).set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="each service: pid, ports, health").set_defaults(func=cmd_status)
+    sub.add_parser("status", help="each service: pid, ports, health; current bans"
+                   ).set_defaults(func=cmd_status)
+    unban = sub.add_parser("unban", help="lift the ban on an IP address")
+    unban.add_argument("ip")
+    unban.set_defaults(func=cmd_unban)
     render = sub.add_parser("render", help="write kamailio.cfg and the Asterisk configs")
     render.add_argument("--out", required=True, help="directory to write into")
     render.add_argument("--kamailio-dir", default="/etc/kamailio",
@@ -152,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls", type=int, default=2, help="calls per DID (default 2)")
     demo.add_argument("--talk-ms", type=int, default=2000, help="talk time per call")
     demo.set_defaults(func=cmd_demo)
+    from omnicc.token_cli import add_token_commands
+
+    add_token_commands(sub)
     report = sub.add_parser("report", help="calls offered and answered, by agent")
     report.add_argument("--redis", help="Redis URL (default: the local stack's)")
     report.set_defaults(func=cmd_report)

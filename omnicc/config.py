@@ -125,7 +125,7 @@ class Agent(_Strict):
     @classmethod
     def _extension(cls, value: Any) -> str:
         value = str(value) if isinstance(value, int) else value
-        if not isinstance(value, str) or not EXTENSION_RE.match(value):
+        if not isinstance(value, str) or not EXTENSION_RE.fullmatch(value):
             raise ValueError("an extension is 2 to 12 digits, written as a quoted string")
         return value
 
@@ -140,7 +140,7 @@ class Trunk(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError("a trunk name is lower-case letters, digits, '-' and '_'")
         return value
 
@@ -176,7 +176,7 @@ class Destination(_Strict):
     def parse(cls, text: str) -> Destination:
         kind, _, target = text.partition(":")
         if kind == "agent":
-            if not EXTENSION_RE.match(target):
+            if not EXTENSION_RE.fullmatch(target):
                 raise ValueError(f"'agent:' needs an agent extension, got {text!r}")
             return cls(kind="agent", target=target)
         if kind == "hangup" and not target:
@@ -192,7 +192,7 @@ class InboundRoute(_Strict):
     @classmethod
     def _did(cls, value: Any) -> str:
         value = str(value) if isinstance(value, int) else value
-        if not isinstance(value, str) or not DID_RE.match(value):
+        if not isinstance(value, str) or not DID_RE.fullmatch(value):
             raise ValueError("a DID is digits with an optional leading '+', as a quoted string")
         return value
 
@@ -212,7 +212,7 @@ class Tenant(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError("a tenant name is lower-case letters, digits, '-' and '_'")
         return value
 
@@ -315,7 +315,7 @@ class OmniccConfig(_Strict):
     @field_validator("node")
     @classmethod
     def _node(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError("a node name is lower-case letters, digits, '-' and '_'")
         return value
 

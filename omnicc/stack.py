@@ -500,6 +500,12 @@ class KamailioService(Service):
     def prepare(self) -> None:
         # OMNICC_KEMI_SCRIPT: run a KEMI script of your own instead of kemi/omnicc_kemi.py.
         kemi = Path(os.environ.get("OMNICC_KEMI_SCRIPT", str(KEMI_SCRIPT)))
+        from omnicc.auth_secrets import SecretsError, ensure_local_secrets
+
+        try:
+            ensure_local_secrets(self.cfg, self.stack.config_path, self.stack.var)
+        except SecretsError as exc:
+            raise StackError(f"kamailio: {exc}") from None
         render_kamailio(self.cfg, self.stack.etc_dir / "kamailio", kemi_script=kemi,
                         rundir=self.stack.run_dir, log_stderr=True)
 
@@ -511,6 +517,8 @@ class KamailioService(Service):
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["OMNICC_CONFIG"] = str(self.stack.config_path)
+        env["OMNICC_VAR"] = str(self.stack.var)
+        env["OMNICC_REDIS_URL"] = self.stack.redis_url
         env["OMNICC_PYTHONPATH"] = os.pathsep.join(
             [sysconfig.get_paths()["purelib"], str(REPO_ROOT)]
         )

@@ -428,9 +428,11 @@ def _verify_signed_claims(token: str, jwks: Jwks) -> tuple[dict[str, Any], str]:
         raise TokenError("malformed", "not a string")
     _refuse_oversized(token)
     segments = token.split(".")
-    if len(segments) != 3 or not all(_BASE64URL_SEGMENT.fullmatch(s) for s in segments):
-        # This also refuses JWE (five segments), unsecured JWTs with an empty signature,
-        # detached payloads and padded segments.
+    # An empty signature segment passes here so that an unsecured token ("alg": "none")
+    # is refused for its alg below, the reason worth logging; it could not verify anyway.
+    if len(segments) != 3 or not all(_BASE64URL_SEGMENT.fullmatch(s) for s in segments[:2]) \
+            or not (segments[2] == "" or _BASE64URL_SEGMENT.fullmatch(segments[2])):
+        # This also refuses JWE (five segments), detached payloads and padded segments.
         raise TokenError("malformed", "not three unpadded base64url segments")
     header_segment, payload_segment, signature_segment = segments
     header = _decode_segment(header_segment, "header")

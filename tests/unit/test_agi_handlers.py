@@ -235,7 +235,7 @@ def test_build_routes_answers_exactly_the_dialplans_scripts(
     config: OmniccConfig, events: MemoryEventLog
 ) -> None:
     routes = build_routes(config, as_event_log(events))
-    assert set(routes) == {"health", "inbound_route", "call_end"}
+    assert set(routes) == {"health", "inbound_route", "call_end", "agent_call"}
     assert routes["health"] is health
     assert isinstance(routes["inbound_route"], InboundRoute)
     assert isinstance(routes["call_end"], CallEnd)

@@ -1,0 +1,103 @@
+"""Who an agent's credentials prove it to be — the decisions behind the KEMI script's
+authentication, with the SIP I/O left to Kamailio.
+
+Bearer tokens are verified here completely (signature, claims, the AOR, revocation and
+disabled agents in Redis). Digest is split: this module says which password the request
+must prove (the agent's static one, the HMAC of an ephemeral username, or a decoy nobody
+holds), and Kamailio's pv_auth_check does the nonce arithmetic. Every failure looks the
+same from outside, whether the extension exists or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omnicc.auth_secrets import read_digest_secret, resolve_secret_files
+from omnicc.config import OmniccConfig, Tenant
+from omnicc.ephemeral import EphemeralError, parse_username, password_for, tenant_secret
+from omnicc.keys import agent_disabled, revoked_jti
+from omnicc.sip_auth import decoy_password
+from omnicc.tokens import Jwks, TokenCache, TokenError, load_jwks
+
+
+class AuthFailure(Exception):
+    """Credentials that prove nothing; `.reason` is for the log, never for the reply."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    tenant: Tenant
+    extension: str
+
+
+class AgentAuthenticator:
+    def __init__(self, config: OmniccConfig, jwks: Jwks, digest_secret: bytes, redis: Any,
+                 cache: TokenCache | None = None):
+        self._config = config
+        self._jwks = jwks
+        self._digest_secret = digest_secret
+        self._redis = redis
+        self._cache = cache or TokenCache()
+
+    @classmethod
+    def from_config(cls, config: OmniccConfig, config_path: str | Path, var_dir: str | Path,
+                    redis: Any) -> AgentAuthenticator:
+        files = resolve_secret_files(config, config_path, var_dir)
+        return cls(config, load_jwks(files.jwks.path), read_digest_secret(files), redis)
+
+    def identity(self, tenant: Tenant, extension: str) -> AgentIdentity:
+        return AgentIdentity(tenant, extension)
+
+    def _blocked(self, tenant: Tenant, extension: str, jti: str | None) -> bool:
+        """Disabled agent or revoked token: one Redis round trip. If Redis cannot say,
+        refuse — a revoked token must never be honoured."""
+        keys = [agent_disabled(tenant.name, extension)]
+        if jti:
+            keys.append(revoked_jti(tenant.name, jti))
+        try:
+            return any(value is not None for value in self._redis.mget(keys))
+        except Exception as exc:  # redis.RedisError and socket errors alike
+            raise AuthFailure(f"revocation state unavailable: {exc}") from None
+
+    def check_bearer(self, token: str, tenant: Tenant, aor_user: str,
+                     now: float) -> AgentIdentity:
+        jwt = self._config.auth.jwt
+        if tenant.agent(aor_user) is None:
+            raise AuthFailure("bearer: no such agent")
+        try:
+            claims = self._cache.verify(
+                token, self._jwks, issuer=jwt.issuer, audience=tenant.domain, now=now,
+                is_revoked=lambda jti: self._blocked(tenant, aor_user, jti),
+            )
+        except TokenError as exc:
+            raise AuthFailure(f"bearer: {exc.reason}") from None
+        if claims.subject != aor_user:
+            # A token of agent A presented as agent B.
+            raise AuthFailure("bearer: token subject is not the AOR")
+        return AgentIdentity(tenant, aor_user)
+
+    def digest_password(self, tenant: Tenant, aor_user: str, auth_user: str,
+                        now: float) -> str:
+        """The password the digest response must prove; a decoy when nothing valid could."""
+        if ":" in auth_user:
+            try:
+                extension = parse_username(auth_user, now=now)
+            except EphemeralError:
+                return decoy_password()  # expired or malformed: fails like a wrong password
+            if extension != aor_user or tenant.agent(extension) is None:
+                return decoy_password()
+            if self._blocked(tenant, extension, None):
+                return decoy_password()
+            return password_for(tenant_secret(self._digest_secret, tenant.name), auth_user)
+        agent = tenant.agent(aor_user)
+        if (agent is None or auth_user != aor_user
+                or not self._config.auth.digest.allow_static_passwords
+                or self._blocked(tenant, aor_user, None)):
+            return decoy_password()
+        return agent.password
