@@ -219,7 +219,7 @@ class Tenant(_Strict):
     @field_validator("domain")
     @classmethod
     def _domain(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$", value):
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", value):
             raise ValueError("a SIP domain is a lower-case host name")
         return value
 
