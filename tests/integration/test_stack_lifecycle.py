@@ -74,7 +74,9 @@ def test_up_starts_every_service_and_status_lists_them(lifecycle_dir: Path) -> N
     assert status.returncode == 0, status.stdout
     config = load_config(lifecycle_dir / "omnicc.yaml")
     pids = recorded_pids(lifecycle_dir)
-    rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:]}
+    table = status.stdout.split("\n\n")[0].splitlines()[2:]
+    rows = {line.split()[0]: line.split() for line in table}
+    assert "bans: none" in status.stdout
     assert sorted(rows) == sorted(SERVICES)
     for name in SERVICES:
         assert rows[name][1] == str(pids[name])
