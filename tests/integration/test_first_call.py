@@ -26,16 +26,18 @@ PASSWORDS = {"1001": "it-pass-1001", "1002": "it-pass-1002"}
 
 @contextlib.contextmanager
 def agent_online(stack: RunningStack, workdir: Path, extension: str,
-                 calls: int = 1) -> Iterator[SippRun]:
-    """An agent phone listening, registered through Kamailio; unregistered afterwards."""
+                 calls: int = 1, proxy: str | None = None) -> Iterator[SippRun]:
+    """An agent phone listening, registered through Kamailio (the stack's, or `proxy`);
+    unregistered afterwards."""
     from omnicc.demo import free_udp_port
 
+    proxy = proxy or stack.proxy
     port = free_udp_port("127.0.0.1")
     phone = sipp.agent_phone(workdir, local_ip="127.0.0.1", port=port, calls=calls).start()
     time.sleep(0.3)
     try:
         reg = sipp.agent_register(
-            workdir, proxy=stack.proxy, extension=extension, password=PASSWORDS[extension],
+            workdir, proxy=proxy, extension=extension, password=PASSWORDS[extension],
             domain=DOMAIN, local_ip="127.0.0.1", contact_port=port,
         )
         assert reg.run(timeout=30) == 0, reg.trace()
@@ -43,7 +45,7 @@ def agent_online(stack: RunningStack, workdir: Path, extension: str,
     finally:
         phone.stop()
         sipp.agent_register(
-            workdir, proxy=stack.proxy, extension=extension, password=PASSWORDS[extension],
+            workdir, proxy=proxy, extension=extension, password=PASSWORDS[extension],
             domain=DOMAIN, local_ip="127.0.0.1", contact_port=port, expires=0,
             name=f"unregister-{extension}",
         ).run(timeout=30)
