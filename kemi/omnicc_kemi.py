@@ -30,6 +30,8 @@ from omnicc.sip_security import ALLOWED_METHODS, BanList, is_scanner  # noqa: E4
 INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk", "X-Omnicc-Agent")
 DISPATCHER_SET = 1
 DISPATCHER_ROUND_ROBIN = 4
+ASTERISK_SILENCE_TIMEOUT_MS = 3000
+ASTERISK_RING_TIMEOUT_MS = 120000
 
 
 def one_line_traceback():
@@ -206,6 +208,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             KSR.hdr.append(f"X-Omnicc-Agent: {agent}\r\n")
         KSR.dialog.dlg_manage()
         KSR.rr.record_route()
+        # Asterisk answers 100 Trying at once: a node silent for 3 s is down, try the next.
+        KSR.tm.t_set_fr(ASTERISK_RING_TIMEOUT_MS, ASTERISK_SILENCE_TIMEOUT_MS)
         KSR.tm.t_on_failure("ksr_failure_next_asterisk")
         self.relay()
 

@@ -61,3 +61,59 @@ def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(
         assert phone.wait(timeout=15) == 0, phone.trace()
     ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
     assert ended and ended[0]["dialstatus"] == "ANSWER"
+
+
+@pytest.fixture
+def second_node_with_two_asterisks(running_stack: RunningStack):
+    """Node B: its own Kamailio and Asterisk, on the shared Redis and FastAGI server, with
+    both Asterisk nodes (A's and B's) in its dispatcher set."""
+    directory = make_stack_dir("omnicc-node-b2-")
+    kamailio_port, asterisk_port = free_ports(2)
+    a_asterisk = running_stack.config.services.asterisk.port
+    text = running_stack.stack.config_path.read_text()
+    text = text.replace("node: it-main", "node: it-node-b2")
+    text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {kamailio_port}}}", text)
+    text = re.sub(r"asterisk: \{port: \d+\}", f"asterisk: {{port: {asterisk_port}}}", text)
+    text = text.replace("tenants:", "asterisk_nodes:\n"
+                        f"  - {{host: 127.0.0.1, port: {a_asterisk}}}\n"
+                        f"  - {{host: 127.0.0.1, port: {asterisk_port}}}\n"
+                        "tenants:", 1)
+    path = directory / "omnicc.yaml"
+    path.write_text(text)
+    stack = Stack(load_config(path), path, directory / "var")
+    stack._dirs()
+    services = {s.name: s for s in stack.services}
+    started = []
+    try:
+        for name in ("asterisk", "kamailio"):
+            services[name].start(progress=print)
+            started.append(services[name])
+        yield f"127.0.0.1:{kamailio_port}", services["asterisk"]
+    finally:
+        for service in reversed(started):
+            service.stop(progress=print)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_calls_fail_over_to_the_asterisk_node_that_is_still_up(
+    running_stack: RunningStack, second_node_with_two_asterisks, sipp_dir: Path
+) -> None:
+    proxy_b, asterisk_b = second_node_with_two_asterisks
+
+    def calls_through_b(count: int, name: str) -> list[str]:
+        since = now_id()
+        caller = sipp.carrier_calls(sipp_dir, proxy=proxy_b, did="5550199",
+                                    local_ip=TRUNK_IP, calls=count, rate=2, talk_ms=100,
+                                    name=name)
+        caller.run(timeout=90)
+        routed = [e for e in events_since(running_stack, since, want=count)
+                  if e["event"] == "call_routed"]
+        assert len(routed) == count, routed
+        # Each Asterisk names its calls' uniqueids after its node (systemname).
+        return sorted(e["uniqueid"].rsplit("-", 1)[0] for e in routed)
+
+    # Both nodes up: the dispatcher shares the calls between them.
+    assert calls_through_b(4, "both-up") == ["it-main"] * 2 + ["it-node-b2"] * 2
+    asterisk_b.stop(progress=print)
+    # B's Asterisk stopped: every call still reaches an Asterisk (A's).
+    assert calls_through_b(4, "one-down") == ["it-main"] * 4

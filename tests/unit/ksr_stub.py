@@ -10,6 +10,14 @@ is failure, 0 stops the script for ``t_check_trans``, positive is success). What
 script calls that is not modelled is recorded in ``FakeKSR.unmodelled`` (and raises
 AttributeError, as a missing KSR export would); tests assert that list stays empty.
 
+Credentials: a request's ``headers`` may carry ``Authorization`` / ``Proxy-Authorization``
+as text (bearer tokens, garbage); ``credentials`` are digest credentials, which the fake
+writes as a ``Digest`` header (Authorization on REGISTER, Proxy-Authorization otherwise,
+as phones do) and ``pv_auth_check`` checks in clear. Pseudo-variables follow Kamailio:
+``$hdr(Name)`` is the first such header as received (removing it only edits what is
+forwarded), ``$aU`` the whole digest username, ``$ml`` the message length (estimated from
+the headers unless the request sets it).
+
 Unit tests only: SIP behaviour against real Kamailio is tested under tests/integration.
 """
 
@@ -32,7 +40,7 @@ AUTH_USER_MISMATCH = -8
 
 # Sub-modules and functions of KSR that the fake provides, by the name the script uses.
 SUBMODULES = ("pv", "sl", "tm", "rr", "hdr", "registrar", "auth", "dispatcher", "maxfwd",
-              "sanity", "siputils")
+              "sanity", "siputils", "dialog", "nathelper")
 FUNCTIONS = ("is_INVITE", "is_ACK", "is_BYE", "is_CANCEL", "is_REGISTER", "is_OPTIONS",
              "is_MESSAGE", "is_myself_ruri", "force_rport", "err", "warn", "info", "dbg")
 
@@ -44,6 +52,11 @@ class Credentials:
     username: str
     password: str
     realm: str
+
+
+# The request line, Via, From, To, Call-ID, CSeq, Contact, Max-Forwards, Content-Length of
+# a typical request without body: what $ml counts besides the headers a test gives.
+BASE_MESSAGE_BYTES = 420
 
 
 @dataclass
@@ -61,7 +74,36 @@ class SipRequest:
     to_domain: str = ""
     to_tag: str = ""  # non-empty: an in-dialog request
     headers: list[tuple[str, str]] = field(default_factory=list)
-    credentials: Credentials | None = None
+    credentials: Credentials | None = None  # digest credentials
+    user_agent: str | None = None
+    message_length: int | None = None  # None: BASE_MESSAGE_BYTES plus the headers
+    behind_nat: bool = False  # what nat_uac_test() finds
+    known_dialog: bool = False  # what is_known_dlg() finds (a dialog this proxy set up)
+    reply_code: int | None = None  # $rs, in reply and failure routes
+
+    def digest_header(self) -> tuple[str, str] | None:
+        """The digest credentials as the header a phone sends them in."""
+        if self.credentials is None:
+            return None
+        name = "Authorization" if self.method == "REGISTER" else "Proxy-Authorization"
+        creds = self.credentials
+        return name, (f'Digest username="{creds.username}", realm="{creds.realm}", '
+                      f'nonce="fake-nonce", uri="sip:{creds.realm}", response="fake-response"')
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        digest = self.digest_header()
+        return [*self.headers, *([digest] if digest else [])]
+
+    def header(self, name: str) -> str | None:
+        """$hdr(name): the first header of that name, case-insensitively."""
+        return next((value for header_name, value in self.all_headers()
+                     if header_name.lower() == name.lower()), None)
+
+    def length(self) -> int:
+        if self.message_length is not None:
+            return self.message_length
+        return BASE_MESSAGE_BYTES + sum(len(name) + len(value) + 4  # ": " and CRLF
+                                        for name, value in self.all_headers())
 
 
 Call = tuple[str, tuple[Any, ...]]
@@ -86,6 +128,7 @@ class FakeKSR:
         self.unmodelled: list[str] = []
         self.appended_headers: list[str] = []
         self.removed_headers: list[str] = []
+        self.reply_headers: list[str] = []  # append_to_reply(): added to the next reply
         self.pv = FakePv(self)
         self.sl = FakeSl(self)
         self.tm = FakeTm(self)
@@ -97,6 +140,8 @@ class FakeKSR:
         self.maxfwd = FakeMaxfwd(self)
         self.sanity = FakeSanity(self)
         self.siputils = FakeSiputils(self)
+        self.dialog = FakeDialog(self)
+        self.nathelper = FakeNathelper(self)
 
     # ------------------------------------------------------------------ recording
     def call(self, name: str, *args: Any, result: Any) -> Any:
@@ -131,13 +176,18 @@ class FakeKSR:
                 if name in ("sl.sl_send_reply", "sl.send_reply")]
 
     @property
+    def challenges(self) -> list[tuple[Any, ...]]:
+        """The realm and flags of every auth_challenge() (Kamailio sends the 401/407)."""
+        return self.calls_to("auth.auth_challenge")
+
+    @property
     def relayed(self) -> bool:
         return "tm.t_relay" in self.names()
 
     @property
     def outgoing_headers(self) -> list[tuple[str, str]]:
         """The request's headers as forwarded: originals not removed, then appended ones."""
-        kept = [h for h in self.request.headers if h[0].lower() not in self.removed_headers]
+        kept = [h for h in self.request.all_headers() if h[0].lower() not in self.removed_headers]
         added = []
         for text in self.appended_headers:
             name, _, value = text.rstrip("\r\n").partition(":")
@@ -211,10 +261,15 @@ class FakePv(_Part):
 
     def _value(self, name: str) -> str | int | None:
         request = self._ksr.request
+        if name.startswith("$hdr(") and name.endswith(")"):
+            return request.header(name[len("$hdr("):-1])
         values: dict[str, str | int | None] = {
             "$si": request.source_ip, "$sp": request.source_port, "$rm": request.method,
             "$rU": request.ruri_user, "$fU": request.from_user, "$fd": request.from_domain,
-            "$tU": request.to_user, "$td": request.to_domain,
+            "$tU": request.to_user, "$td": request.to_domain, "$ua": request.user_agent,
+            "$ml": request.length(),
+            "$aU": request.credentials.username if request.credentials else None,
+            "$rs": request.reply_code,
         }
         if name not in values:
             self._ksr.unknown(f"pv {name}")
@@ -295,6 +350,11 @@ class FakeHdr(_Part):
         self._ksr.appended_headers.append(text)
         return result
 
+    def append_to_reply(self, text: str) -> int:
+        result = self._call("append_to_reply", text, result=1)
+        self._ksr.reply_headers.append(text)
+        return result
+
 
 class FakeRegistrar(_Part):
     prefix = "registrar"
@@ -360,6 +420,33 @@ class FakeSiputils(_Part):
 
     def has_totag(self) -> int:
         return self._call("has_totag", result=1 if self._ksr.request.to_tag else -1)
+
+
+class FakeDialog(_Part):
+    prefix = "dialog"
+
+    def is_known_dlg(self) -> int:
+        return self._call("is_known_dlg", result=1 if self._ksr.request.known_dialog else -1)
+
+    def dlg_manage(self) -> int:
+        return self._call("dlg_manage", result=1)
+
+
+class FakeNathelper(_Part):
+    prefix = "nathelper"
+
+    def nat_uac_test(self, flags: int) -> int:
+        return self._call("nat_uac_test", flags,
+                          result=1 if self._ksr.request.behind_nat else -1)
+
+    def fix_nated_register(self) -> int:
+        return self._call("fix_nated_register", result=1)
+
+    def fix_nated_contact(self) -> int:
+        return self._call("fix_nated_contact", result=1)
+
+    def set_contact_alias(self) -> int:
+        return self._call("set_contact_alias", result=1)
 
 
 # ---------------------------------------------------------------------------- the module

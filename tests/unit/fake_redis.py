@@ -1,0 +1,168 @@
+"""A tiny in-memory stand-in for a synchronous redis-py client, for unit tests only.
+
+It has just what omnicc's SIP edge calls (omnicc/agent_auth.py, omnicc/sip_security.py):
+``mget``, ``get``, ``set(ex=)``, ``exists``, ``delete``, ``ttl``, ``scan_iter(match=)`` and
+``register_script``, whose script object runs a Python emulation of
+``COUNT_AND_BAN_LUA``. Keys and values come back as bytes, as from a client without
+``decode_responses``. Time is a clock of its own that moves only when a test calls
+``advance``, so expiry is exact and no test waits.
+
+``fail("mget", ...)`` makes those commands raise ``redis.ConnectionError`` (or the error
+given), as a Redis that went away; ``fail()`` with no names fails every command.
+Integration tests use a real Redis.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+
+import redis
+
+from omnicc.sip_security import COUNT_AND_BAN_LUA
+
+EncodableValue = str | bytes | int | float
+COMMANDS = ("mget", "get", "set", "exists", "delete", "ttl", "scan_iter", "evalsha")
+
+
+def _encode(value: EncodableValue) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    # redis-py sends numbers as their decimal text.
+    return str(value).encode("utf-8")
+
+
+def _key(key: str | bytes) -> str:
+    return key.decode("utf-8") if isinstance(key, bytes) else key
+
+
+class FakeRedis:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+        self._values: dict[str, bytes] = {}
+        self._expires_at: dict[str, float] = {}
+        self._failures: dict[str, Exception] = {}
+        self.commands: list[str] = []  # every command run, in order (a script is "evalsha")
+
+    # ------------------------------------------------------------------ test controls
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def fail(self, *commands: str, error: Exception | None = None) -> None:
+        """Make `commands` (all of them when none is named) raise `error`."""
+        unknown = set(commands) - set(COMMANDS)
+        if unknown:
+            raise ValueError(f"FakeRedis has no command {sorted(unknown)}")
+        for command in commands or COMMANDS:
+            self._failures[command] = error or redis.ConnectionError("Redis went away")
+
+    def heal(self) -> None:
+        self._failures.clear()
+
+    def keys(self) -> list[str]:
+        """The live keys (a test helper, not the Redis KEYS command)."""
+        return sorted(key for key in list(self._values) if self._live(key))
+
+    # ------------------------------------------------------------------ internals
+    def _command(self, name: str) -> None:
+        self.commands.append(name)
+        if name in self._failures:
+            raise self._failures[name]
+
+    def _live(self, key: str) -> bool:
+        expires_at = self._expires_at.get(key)
+        if expires_at is not None and expires_at <= self.now:
+            self._values.pop(key, None)
+            self._expires_at.pop(key, None)
+        return key in self._values
+
+    def _get(self, key: str) -> bytes | None:
+        return self._values[key] if self._live(key) else None
+
+    def _set(self, key: str, value: EncodableValue, ex: int | None) -> None:
+        self._values[key] = _encode(value)
+        if ex is None:
+            self._expires_at.pop(key, None)
+        else:
+            self._expires_at[key] = self.now + int(ex)
+
+    def _delete(self, key: str) -> int:
+        existed = self._live(key)
+        self._values.pop(key, None)
+        self._expires_at.pop(key, None)
+        return int(existed)
+
+    # ------------------------------------------------------------------ redis-py API
+    def mget(self, keys: str | bytes | Sequence[str | bytes], *more: str | bytes
+             ) -> list[bytes | None]:
+        self._command("mget")
+        names = [keys] if isinstance(keys, str | bytes) else list(keys)
+        return [self._get(_key(name)) for name in [*names, *more]]
+
+    def get(self, key: str | bytes) -> bytes | None:
+        self._command("get")
+        return self._get(_key(key))
+
+    def set(self, key: str | bytes, value: EncodableValue, ex: int | None = None) -> bool:
+        self._command("set")
+        self._set(_key(key), value, ex)
+        return True
+
+    def exists(self, *keys: str | bytes) -> int:
+        self._command("exists")
+        return sum(self._live(_key(key)) for key in keys)
+
+    def delete(self, *keys: str | bytes) -> int:
+        self._command("delete")
+        return sum(self._delete(_key(key)) for key in keys)
+
+    def ttl(self, key: str | bytes) -> int:
+        """Seconds left; -1 for a key without expiry, -2 for a missing key (as Redis)."""
+        self._command("ttl")
+        name = _key(key)
+        if not self._live(name):
+            return -2
+        expires_at = self._expires_at.get(name)
+        if expires_at is None:
+            return -1
+        return max(int(round(expires_at - self.now)), 0)
+
+    def scan_iter(self, match: str | None = None, count: int | None = None) -> Iterator[bytes]:
+        self._command("scan_iter")
+        for key in self.keys():
+            # Redis glob patterns: * ? [...] as fnmatch; braces are literal in both.
+            if match is None or fnmatch.fnmatchcase(key, match):
+                yield key.encode("utf-8")
+
+    def register_script(self, script: str) -> CountAndBanScript:
+        if script != COUNT_AND_BAN_LUA:
+            raise NotImplementedError("FakeRedis emulates only sip_security.COUNT_AND_BAN_LUA")
+        return CountAndBanScript(self)
+
+
+class CountAndBanScript:
+    """COUNT_AND_BAN_LUA in Python: KEYS ban, counter; ARGV window, limit, ban seconds,
+    ban record. 1 if the source is banned (before or because of this call), else 0."""
+
+    def __init__(self, fake: FakeRedis) -> None:
+        self._fake = fake
+
+    def __call__(self, keys: Sequence[str] = (), args: Sequence[EncodableValue] = (),
+                 client: object = None) -> int:
+        fake = self._fake
+        fake._command("evalsha")
+        ban, counter = (_key(k) for k in keys)
+        window, limit, ban_seconds, record = args
+        if fake._live(ban):
+            return 1
+        previous = fake._get(counter)
+        count = int(previous) + 1 if previous is not None else 1
+        # INCR keeps the key's TTL; only the first event of a window sets it.
+        fake._values[counter] = _encode(count)
+        if count == 1:
+            fake._expires_at[counter] = fake.now + int(window)
+        if count > int(limit):
+            fake._set(ban, record, int(ban_seconds))
+            fake._delete(counter)
+            return 1
+        return 0

@@ -1,0 +1,76 @@
+"""omnicc/sip_auth.py: which credentials an Authorization header carries, the Bearer
+challenge, and the decoy password."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omnicc.sip_auth import (
+    MAX_CREDENTIAL_BYTES,
+    Credentials,
+    bearer_challenge,
+    decoy_password,
+    parse_authorization,
+)
+
+DIGEST = ('Digest username="1001", realm="default.omnicc.test", nonce="abc", '
+          'uri="sip:default.omnicc.test", response="0123456789abcdef"')
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, Credentials("none")),
+    ("", Credentials("none")),
+    ("Bearer abc.def.ghi", Credentials("bearer", "abc.def.ghi")),
+    ("bearer abc.def.ghi", Credentials("bearer", "abc.def.ghi")),
+    ("BEARER abc.def.ghi", Credentials("bearer", "abc.def.ghi")),
+    ("  Bearer \t abc.def.ghi  ", Credentials("bearer", "abc.def.ghi")),
+    ("Bearer", Credentials("malformed")),
+    ("Bearer ", Credentials("malformed")),
+    ("Bearer a b", Credentials("malformed")),
+    ("Bearerabc.def.ghi", Credentials("malformed")),
+    (DIGEST, Credentials("digest")),
+    (DIGEST.replace("Digest", "digest"), Credentials("digest")),
+    ("Digest", Credentials("malformed")),
+    ("Basic MTAwMTpzZWNyZXQ=", Credentials("malformed")),
+    ("NTLM TlRMTVNTUAABAAAA", Credentials("malformed")),
+    ("abc.def.ghi", Credentials("malformed")),
+    ("Bearer " + "A" * MAX_CREDENTIAL_BYTES, Credentials("malformed")),
+    ("Bearer " + "A" * 65536, Credentials("malformed")),
+    ("Digest " + "x" * 65536, Credentials("malformed")),
+], ids=["none", "empty", "bearer", "bearer-lower-case", "bearer-upper-case", "whitespace",
+        "bearer-alone", "bearer-space", "bearer-two-words", "bearer-glued", "digest",
+        "digest-lower-case", "digest-alone", "basic", "ntlm", "bare-token",
+        "bearer-over-limit", "bearer-64-kb", "digest-64-kb"])
+def test_parse_authorization(header: str | None, expected: Credentials) -> None:
+    assert parse_authorization(header) == expected
+
+
+def test_a_credential_of_exactly_the_limit_is_parsed() -> None:
+    token = "A" * (MAX_CREDENTIAL_BYTES - len("Bearer "))
+    assert parse_authorization("Bearer " + token) == Credentials("bearer", token)
+
+
+@given(st.text(max_size=300))
+def test_any_header_text_is_classified_never_raises(header: str) -> None:
+    credentials = parse_authorization(header)
+    assert credentials.scheme in ("none", "bearer", "digest", "malformed")
+    if credentials.scheme == "bearer":
+        assert credentials.token and not any(c.isspace() for c in credentials.token)
+    else:
+        assert credentials.token == ""
+
+
+@pytest.mark.parametrize(("proxy", "expected"), [
+    (False, 'WWW-Authenticate: Bearer realm="default.omnicc.test"\r\n'),
+    (True, 'Proxy-Authenticate: Bearer realm="default.omnicc.test"\r\n'),
+])
+def test_bearer_challenge_header(proxy: bool, expected: str) -> None:
+    assert bearer_challenge("default.omnicc.test", proxy=proxy) == expected
+
+
+def test_decoy_passwords_are_long_and_never_repeat() -> None:
+    decoys = {decoy_password() for _ in range(100)}
+    assert len(decoys) == 100
+    assert all(len(d) >= 32 for d in decoys)
