@@ -90,8 +90,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
         if KSR.pv.get("$rm") not in ALLOWED_METHODS:
-            KSR.hdr.append_to_reply("Allow: " + ", ".join(sorted(ALLOWED_METHODS)) + "\r\n")
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            self.method_not_allowed()
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
             KSR.err("omnicc: malformed request from {}\n".format(KSR.pv.get("$si")))
@@ -132,15 +131,19 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         """Bans, flood, scanners, size: False if the request must go no further."""
         ip = KSR.pv.get("$si")
         security = self.config.security
+        if is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents):
+            # Dropped whatever happens to the ban list: that needs no Redis.
+            try:
+                self.bans.ban(ip, "scanner", security.ban_seconds)
+                KSR.info(f"omnicc: banned scanner {ip}\n")
+            except Exception:
+                KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+            return False
         try:
             if self.bans.count(ip, "flood", limit=security.flood_requests,
                                window=security.flood_window_seconds,
                                ban_seconds=security.ban_seconds, reason="flood"):
                 return False  # banned: dropped without a reply
-            if is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents):
-                self.bans.ban(ip, "scanner", security.ban_seconds)
-                KSR.info(f"omnicc: banned scanner {ip}\n")
-                return False
         except Exception:
             # Redis unreachable: keep serving (authentication still guards every request).
             KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
@@ -159,6 +162,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return
         if KSR.rr.loose_route() > 0:
+            if peer.source is Source.UNTRUSTED and KSR.nathelper.nat_uac_test(1) > 0:
+                KSR.nathelper.fix_nated_contact()  # an agent behind NAT, mid-dialog
             self.relay()
             return
         if KSR.is_ACK():
@@ -183,20 +188,21 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""
         KSR.dialog.dlg_manage()  # so the agent's in-dialog requests are recognised
         KSR.rr.record_route()
+        KSR.tm.t_on_reply("ksr_reply_from_agent")
         rc = KSR.registrar.lookup("location")
         if rc < 0:
             # -1 no contact, -2 method not allowed, -3 internal error
             if rc in (-1, -3):
                 KSR.sl.send_reply(480, "Temporarily Unavailable")
             else:
-                KSR.sl.send_reply(405, "Method Not Allowed")
+                self.method_not_allowed()
             return
         self.relay()
 
     def route_to_asterisk(self, tenant, *, trunk="", agent=""):
         """A call from a trusted peer or an agent: to an Asterisk node (dispatcher)."""
         if not KSR.is_INVITE():
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            self.method_not_allowed()
             return
         if KSR.dispatcher.ds_select_dst(DISPATCHER_SET, DISPATCHER_ROUND_ROBIN) < 0:
             KSR.sl.sl_send_reply(503, "No Asterisk Node Available")
@@ -269,7 +275,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 self.challenge(tenant.domain, register)
                 return None
         except AuthFailure as failure:
-            self.auth_failed(failure.reason)
+            self.auth_failed(failure.reason, counts=failure.counts)
             self.challenge(tenant.domain, register)
             return None
         # Credentials end here: never forwarded to Asterisk or anyone else.
@@ -281,10 +287,12 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         KSR.hdr.append_to_reply(bearer_challenge(realm, proxy=not register))
         KSR.auth.auth_challenge(realm, 0)
 
-    def auth_failed(self, reason):
+    def auth_failed(self, reason, counts=True):
         ip = KSR.pv.get("$si")
         security = self.config.security
         KSR.info(f"omnicc: authentication failed from {ip}: {reason}\n")
+        if not counts:
+            return
         try:
             self.bans.count(ip, "authfail", limit=security.auth_failures,
                             window=security.auth_failure_window_seconds,
@@ -292,11 +300,26 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         except Exception:
             KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
 
+    def method_not_allowed(self):
+        # RFC 3261 21.4.6: a 405 lists the methods that are allowed.
+        KSR.hdr.append_to_reply("Allow: " + ", ".join(sorted(ALLOWED_METHODS)) + "\r\n")
+        KSR.sl.sl_send_reply(405, "Method Not Allowed")
+
     def relay(self):
         if KSR.tm.t_relay() < 0:
             KSR.sl.sl_reply_error()
 
     def ksr_reply_route(self, msg):
+        return 1
+
+    def ksr_reply_from_agent(self, msg):
+        """An agent's reply to a call: behind NAT, its Contact is the address it came from,
+        so Asterisk's ACK and BYE reach it."""
+        try:
+            if KSR.nathelper.nat_uac_test(1) > 0:
+                KSR.nathelper.fix_nated_contact()
+        except Exception:
+            KSR.err(f"omnicc: exception in reply route: {one_line_traceback()}\n")
         return 1
 
     def ksr_onsend_route(self, msg):

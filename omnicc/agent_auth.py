@@ -23,11 +23,14 @@ from omnicc.tokens import Jwks, TokenCache, TokenError, load_jwks
 
 
 class AuthFailure(Exception):
-    """Credentials that prove nothing; `.reason` is for the log, never for the reply."""
+    """Credentials that prove nothing; `.reason` is for the log, never for the reply.
+    `.counts` is False when the fault is ours (Redis unreachable), so it does not count
+    towards banning the source."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, counts: bool = True):
         super().__init__(reason)
         self.reason = reason
+        self.counts = counts
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class AgentAuthenticator:
         try:
             return any(value is not None for value in self._redis.mget(keys))
         except Exception as exc:  # redis.RedisError and socket errors alike
-            raise AuthFailure(f"revocation state unavailable: {exc}") from None
+            raise AuthFailure(f"revocation state unavailable: {exc}", counts=False) from None
 
     def check_bearer(self, token: str, tenant: Tenant, aor_user: str,
                      now: float) -> AgentIdentity:

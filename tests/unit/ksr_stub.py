@@ -313,6 +313,12 @@ class FakeTm(_Part):
     def t_on_failure(self, route: str) -> int:
         return self._call("t_on_failure", route, result=1)
 
+    def t_on_reply(self, route: str) -> int:
+        return self._call("t_on_reply", route, result=1)
+
+    def t_set_fr(self, fr_inv_timeout: int, fr_timeout: int) -> int:
+        return self._call("t_set_fr", fr_inv_timeout, fr_timeout, result=1)
+
     def t_is_canceled(self) -> int:
         return self._call("t_is_canceled", result=-1)
 
