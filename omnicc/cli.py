@@ -196,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calls", type=int, default=2, help="calls per DID (default 2)")
     demo.add_argument("--talk-ms", type=int, default=2000, help="talk time per call")
     demo.set_defaults(func=cmd_demo)
+    from omnicc.agent_cli import add_agent_commands
     from omnicc.token_cli import add_token_commands
 
     add_token_commands(sub)
+    add_agent_commands(sub)
     report = sub.add_parser("report", help="calls offered and answered, by agent")
     report.add_argument("--redis", help="Redis URL (default: the local stack's)")
     report.set_defaults(func=cmd_report)
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import redis
+
     from omnicc.demo import DemoError
     from omnicc.migrate import MigrationError
     from omnicc.sipp import SippError
@@ -217,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"omnicc: config error:\n{exc}", file=sys.stderr)
         return 2
+    except redis.ConnectionError as exc:
+        print(f"omnicc: error: Redis is not reachable ({exc}); is the stack up?",
+              file=sys.stderr)
+        return 1
     except (StackError, MigrationError, SippError, DemoError) as exc:
         print(f"omnicc: error: {exc}", file=sys.stderr)
         return 1

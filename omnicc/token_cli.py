@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omnicc.auth_secrets import (
     SecretsError,
@@ -107,6 +108,36 @@ def add_token_commands(subparsers: argparse._SubParsersAction) -> None:
     digest.add_argument("--json", action="store_true",
                         help="print a JSON object instead of `username password`")
     digest.set_defaults(func=cmd_token_digest)
+
+    revoke = commands.add_parser(
+        "revoke", help="refuse a token from now on, on every Kamailio node")
+    revoke.add_argument("jti", help="the token's jti claim")
+    revoke.add_argument("--tenant", help="tenant name (default: the first tenant)")
+    revoke.add_argument("--for", dest="seconds", type=parse_duration,
+                        default=MAX_TOKEN_TTL_SECONDS,
+                        help="how long to keep refusing it: the token's remaining life "
+                             "(default: the longest a token can live)")
+    revoke.set_defaults(func=cmd_token_revoke)
+
+
+def _redis(args: argparse.Namespace, config: OmniccConfig) -> Any:
+    import redis
+
+    services = config.services
+    return redis.Redis(host=services.listen, port=services.redis.port, socket_timeout=5)
+
+
+@_reporting_errors
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from omnicc.revocation import revoke_token
+
+    config = load_config(args.config)
+    tenant = config.tenant(args.tenant) if args.tenant else config.tenants[0]
+    if tenant is None:
+        raise TokenCommandError(f"no tenant named {args.tenant!r} in {args.config}")
+    revoke_token(_redis(args, config), tenant.name, args.jti, args.seconds)
+    print(f"token {args.jti} of tenant {tenant.name} revoked for {args.seconds} s")
+    return 0
 
 
 @_reporting_errors

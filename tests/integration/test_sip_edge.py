@@ -16,7 +16,7 @@ import pytest
 from omnicc import sipp
 from omnicc.auth_secrets import read_digest_secret, read_signing_key, resolve_secret_files
 from omnicc.ephemeral import password_for, tenant_secret
-from omnicc.keys import agent_disabled, revoked_jti
+from omnicc.keys import revoked_jti
 from omnicc.sip_security import ban_key
 from omnicc.sipp import SippRun
 from omnicc.tokens import generate_signing_key, mint_agent_token
@@ -144,24 +144,26 @@ def test_register_with_a_bad_bearer_token_is_refused(running_stack: RunningStack
 def test_revoked_token_and_disabled_agent_are_refused_on_the_next_request(
     running_stack: RunningStack, tokens: Tokens, sipp_dir: Path
 ) -> None:
-    redis = running_stack.redis()
-    token = tokens.agent("1001", jti="revoke-me")
+    """`omnicc token revoke` and `omnicc agent disable` act on the very next request."""
+    directory = running_stack.directory
+
     def register(token: str, name: str) -> SippRun:
         return register_bearer(running_stack, sipp_dir, "1001", token, name,
                                local_ip=REVOCATION_IP)
 
+    token = tokens.agent("1001", jti="revoke-me")
     assert register(token, "before").returncode == 0
-    redis.set(revoked_jti("default", "revoke-me"), "1", ex=600)
+    assert omnicc_cli(directory, "token", "revoke", "revoke-me", "--for", "10m").returncode == 0
     try:
         assert set(statuses(register(token, "revoked"))) == {401}
     finally:
-        redis.delete(revoked_jti("default", "revoke-me"))
+        running_stack.redis().delete(revoked_jti("default", "revoke-me"))
     fresh = tokens.agent("1001")
-    redis.set(agent_disabled("default", "1001"), "1")
+    assert omnicc_cli(directory, "agent", "disable", "1001").returncode == 0
     try:
         assert set(statuses(register(fresh, "disabled"))) == {401}
     finally:
-        redis.delete(agent_disabled("default", "1001"))
+        assert omnicc_cli(directory, "agent", "enable", "1001").returncode == 0
     assert register(fresh, "enabled").returncode == 0
 
 
