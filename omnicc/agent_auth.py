@@ -22,6 +22,13 @@ from omnicc.sip_auth import decoy_password
 from omnicc.tokens import Jwks, TokenCache, TokenError, load_jwks
 
 
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:
+        return None
+
+
 class AuthFailure(Exception):
     """Credentials that prove nothing; `.reason` is for the log, never for the reply.
     `.counts` is False when the fault is ours (Redis unreachable), so it does not count
@@ -41,18 +48,38 @@ class AgentIdentity:
 
 class AgentAuthenticator:
     def __init__(self, config: OmniccConfig, jwks: Jwks, digest_secret: bytes, redis: Any,
-                 cache: TokenCache | None = None):
+                 cache: TokenCache | None = None, jwks_path: Path | None = None):
         self._config = config
         self._jwks = jwks
         self._digest_secret = digest_secret
         self._redis = redis
         self._cache = cache or TokenCache()
+        # Watched so a key rotation (a new kid in the JWKS) needs no Kamailio restart.
+        self._jwks_path = jwks_path
+        self._jwks_mtime = _mtime(jwks_path)
+        self._jwks_checked = 0.0
 
     @classmethod
     def from_config(cls, config: OmniccConfig, config_path: str | Path, var_dir: str | Path,
                     redis: Any) -> AgentAuthenticator:
         files = resolve_secret_files(config, config_path, var_dir)
-        return cls(config, load_jwks(files.jwks.path), read_digest_secret(files), redis)
+        return cls(config, load_jwks(files.jwks.path), read_digest_secret(files), redis,
+                   jwks_path=files.jwks.path)
+
+    def _refresh_jwks(self, now: float) -> None:
+        """Reload the JWKS when its file changed (looked at no more than once a second).
+        A file that no longer loads keeps the keys in use, so a bad edit locks nobody out."""
+        if self._jwks_path is None or now - self._jwks_checked < 1.0:
+            return
+        self._jwks_checked = now
+        mtime = _mtime(self._jwks_path)
+        if mtime == self._jwks_mtime:
+            return
+        try:
+            self._jwks = load_jwks(self._jwks_path)
+        except (OSError, ValueError):
+            return
+        self._jwks_mtime = mtime
 
     def identity(self, tenant: Tenant, extension: str) -> AgentIdentity:
         return AgentIdentity(tenant, extension)
@@ -71,6 +98,7 @@ class AgentAuthenticator:
     def check_bearer(self, token: str, tenant: Tenant, aor_user: str,
                      now: float) -> AgentIdentity:
         jwt = self._config.auth.jwt
+        self._refresh_jwks(now)
         if tenant.agent(aor_user) is None:
             raise AuthFailure("bearer: no such agent")
         try:

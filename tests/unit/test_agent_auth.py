@@ -324,3 +324,49 @@ def test_from_config_reads_the_local_secrets(tmp_path: Path, redis_server: FakeR
     secret = tenant_secret(read_digest_secret(ensured.files), "default")
     assert auth.digest_password(tenant(), "1001", username, time.time()) == \
         password_for(secret, username)
+
+
+def test_a_rotated_jwks_file_is_picked_up_without_a_restart(tmp_path) -> None:
+    """A token signed by a key added to the JWKS file later verifies once the file changed."""
+    import json
+    import os
+
+    from omnicc.agent_auth import AgentAuthenticator
+    from omnicc.config import parse_config
+    from omnicc.tokens import (
+        generate_signing_key,
+        jwks_document,
+        load_jwks,
+        mint_agent_token,
+        public_jwk,
+    )
+
+    config = parse_config(
+        "tenants:\n  - name: default\n    domain: d.test\n"
+        "    agents: [{extension: '1001', password: 'pw-12345678'}]\n"
+    )
+    old_key, new_key = generate_signing_key(), generate_signing_key()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks_document([public_jwk(old_key, "old", "EdDSA")])))
+
+    class NoRevocations:
+        def mget(self, keys):
+            return [None] * len(keys)
+
+    auth = AgentAuthenticator(config, load_jwks(path), b"s" * 32, NoRevocations(),
+                              jwks_path=path)
+    tenant = config.tenants[0]
+    now = 1_800_000_000.0
+    token = mint_agent_token(new_key, kid="new", algorithm="EdDSA", issuer="omnicc",
+                             audience="d.test", subject="1001", ttl_seconds=600, now=now)
+    from omnicc.agent_auth import AuthFailure
+
+    try:
+        auth.check_bearer(token, tenant, "1001", now)
+        raise AssertionError("a token of an unknown kid was accepted")
+    except AuthFailure as failure:
+        assert "unknown_kid" in failure.reason
+    path.write_text(json.dumps(jwks_document([public_jwk(old_key, "old", "EdDSA"),
+                                              public_jwk(new_key, "new", "EdDSA")])))
+    os.utime(path, (now, now + 5))  # a visibly newer file
+    assert auth.check_bearer(token, tenant, "1001", now + 2).extension == "1001"
