@@ -21,6 +21,9 @@ from agi.server import FastAGIServer, Handler
 from omnicc.config import ConfigError, OmniccConfig, load_config
 from omnicc.events import EventLog
 
+REDIS_POOL_SIZE = 256
+REDIS_POOL_WAIT_SECONDS = 5.0
+
 
 def build_routes(config: OmniccConfig, events: EventLog) -> dict[str, Handler]:
     """Every AGI script this server answers, by the name the dialplan uses."""
@@ -33,7 +36,11 @@ def build_routes(config: OmniccConfig, events: EventLog) -> dict[str, Handler]:
 
 
 async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    # A blocking pool: past its size, a handler waits for a connection instead of failing
+    # the call (redis-py's default pool raises "Too many connections" at 100).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_SECONDS)
+    client = aioredis.Redis.from_pool(pool)
     events = EventLog(client, config.node)
     server = FastAGIServer(build_routes(config, events), host=host, port=port)
     await server.start()

@@ -21,6 +21,9 @@ from agi.protocol import (
     read_request,
 )
 
+# Connections the kernel may queue before accept(); capped by net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 Handler = Callable[[AGISession], Awaitable[None]]
 
 
@@ -76,7 +79,10 @@ class FastAGIServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("FastAGI server already started")
-        self._server = await asyncio.start_server(self._on_connect, self._host, self._port)
+        # asyncio's default backlog (100) drops connections in a burst of calls, and
+        # Asterisk gives a FastAGI connect only 2 s: queue as many as the kernel allows.
+        self._server = await asyncio.start_server(self._on_connect, self._host, self._port,
+                                                  backlog=LISTEN_BACKLOG)
         self._log.info(
             "FastAGI listening on %s:%d, scripts: %s",
             self._host,
