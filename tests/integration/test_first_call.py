@@ -244,3 +244,38 @@ def test_events_reach_postgresql_and_an_outage_loses_none(
         stack.up(progress=lambda _line: None)
     rows = wait_rows(during, 6)
     assert len(rows) == 6 and len(set(rows)) == 6, rows
+
+
+def test_caller_who_hangs_up_while_the_agent_rings_cancels_the_agents_phone(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """CANCEL crosses Kamailio, Asterisk and Kamailio again: the agent's phone stops
+    ringing (200 for CANCEL, 487 for the INVITE) and the caller gets its 487."""
+    from omnicc.demo import free_udp_port
+
+    since = now_id()
+    port = free_udp_port("127.0.0.1")
+    phone = SippRun("ringing-phone", [
+        sipp.sipp_binary(), "-sf", str(sipp.SCENARIOS / "agent_ring_cancelled.xml"),
+        "-i", "127.0.0.1", "-p", str(port), "-m", "1", *sipp._common("ringing-phone", sipp_dir),
+    ], sipp_dir).start()
+    time.sleep(0.3)
+    try:
+        reg = sipp.agent_register(sipp_dir, proxy=running_stack.proxy, extension="1001",
+                                  password=PASSWORDS["1001"], domain=DOMAIN,
+                                  local_ip="127.0.0.1", contact_port=port)
+        assert reg.run(timeout=30) == 0
+        caller = SippRun("cancelling-caller", [
+            sipp.sipp_binary(), running_stack.proxy, "-sf",
+            str(sipp.SCENARIOS / "caller_cancels.xml"), "-i", TRUNK_IP, "-s", "5550100",
+            "-m", "1", "-timeout", "30s", *sipp._common("cancelling-caller", sipp_dir),
+        ], sipp_dir)
+        assert caller.run(timeout=60) == 0, caller.trace()
+        assert phone.wait(timeout=15) == 0, phone.trace()
+    finally:
+        phone.stop()
+        sipp.agent_register(sipp_dir, proxy=running_stack.proxy, extension="1001",
+                            password=PASSWORDS["1001"], domain=DOMAIN, local_ip="127.0.0.1",
+                            contact_port=port, expires=0, name="unregister-ringing").run(30)
+    ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
+    assert ended and ended[0]["dialstatus"] == "CANCEL"
