@@ -265,6 +265,11 @@ def test_untrusted_requests_never_reach_asterisk_or_leave_the_machine(
         forged = probe(running_stack, sipp_dir, "forged-dialog", to_params=";tag=forged",
                        extra_header=f"Route: <sip:{asterisk};lr>")
         assert statuses(forged)[-1] == 481
+        for run in (plain, forged):
+            # Every reply came from Kamailio itself, none from Asterisk.
+            servers = {line.strip() for line in run.trace().splitlines()
+                       if line.startswith(("Server:", "User-Agent: omnicc-asterisk"))}
+            assert servers == {"Server: omnicc"}, servers
         # An initial INVITE whose Route points to an outside host: not followed.
         routed = probe(running_stack, sipp_dir, "outside-route",
                        extra_header=f"Route: <sip:127.0.0.9:{outside_port};lr>")
