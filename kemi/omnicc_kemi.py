@@ -131,7 +131,10 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         """Bans, flood, scanners, size: False if the request must go no further."""
         ip = KSR.pv.get("$si")
         security = self.config.security
-        if is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents):
+        # Scanners name themselves in the User-Agent, and some still do in the From
+        # display name after the User-Agent was changed.
+        if (is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents)
+                or is_scanner(KSR.pv.get("$fn"), security.scanner_user_agents)):
             # Dropped whatever happens to the ban list: that needs no Redis.
             try:
                 self.bans.ban(ip, "scanner", security.ban_seconds)

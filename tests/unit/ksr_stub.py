@@ -76,6 +76,7 @@ class SipRequest:
     headers: list[tuple[str, str]] = field(default_factory=list)
     credentials: Credentials | None = None  # digest credentials
     user_agent: str | None = None
+    from_display: str | None = None
     message_length: int | None = None  # None: BASE_MESSAGE_BYTES plus the headers
     behind_nat: bool = False  # what nat_uac_test() finds
     known_dialog: bool = False  # what is_known_dlg() finds (a dialog this proxy set up)
@@ -267,6 +268,7 @@ class FakePv(_Part):
             "$si": request.source_ip, "$sp": request.source_port, "$rm": request.method,
             "$rU": request.ruri_user, "$fU": request.from_user, "$fd": request.from_domain,
             "$tU": request.to_user, "$td": request.to_domain, "$ua": request.user_agent,
+            "$fn": request.from_display,
             "$ml": request.length(),
             "$aU": request.credentials.username if request.credentials else None,
             "$rs": request.reply_code,

@@ -811,6 +811,15 @@ def test_a_scanner_is_dropped_and_banned(worker: Worker, user_agent: str) -> Non
     assert_nothing_sent(worker.route(keepalive(user_agent="Linphone/5.2.0")))
 
 
+def test_a_scanner_that_changed_its_user_agent_is_caught_by_its_from_name(
+    worker: Worker,
+) -> None:
+    # svmap with another User-Agent still sends From: "sipvicious" <sip:100@1.1.1.1>.
+    fake = worker.route(keepalive(user_agent="Linphone/5.2.0", from_display="sipvicious"))
+    assert_nothing_sent(fake)
+    assert [(b.ip, b.reason) for b in worker.bans.list()] == [(STRANGER_IP, "scanner")]
+
+
 @pytest.mark.parametrize("user_agent", [None, "", "Linphone/5.2.0 (belle-sip/5.2.0)",
                                         "Zoiper rv2.10.20.3", "Yealink SIP-T46S 66.86.0.15",
                                         "MicroSIP/3.21.3", "SIP.js/0.21.2"])
