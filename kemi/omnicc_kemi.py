@@ -22,7 +22,12 @@ import KSR  # noqa: E402  (provided by app_python3)
 
 from omnicc.agent_auth import AgentAuthenticator, AuthFailure  # noqa: E402
 from omnicc.config import load_config  # noqa: E402
-from omnicc.sip_auth import bearer_challenge, parse_authorization  # noqa: E402
+from omnicc.keys import agent_contact  # noqa: E402
+from omnicc.sip_auth import (  # noqa: E402
+    bearer_challenge,
+    parse_authorization,
+    registration_ttl,
+)
 from omnicc.sip_policy import Source, SourcePolicy  # noqa: E402
 from omnicc.sip_security import ALLOWED_METHODS, BanList, is_scanner  # noqa: E402
 
@@ -49,6 +54,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.policy = None
         self.auth = None
         self.bans = None
+        self.redis = None
 
     def child_init(self, rank):
         # Each worker has its own interpreter: load the config and open Redis here.
@@ -66,6 +72,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client
             )
             self.bans = BanList(client, self.config.node)
+            self.redis = client
         except Exception as exc:  # config, secrets, keys: the log must say which
             KSR.err(f"omnicc: cannot start with config {path}: {' '.join(str(exc).split())}\n")
             return -1
@@ -179,13 +186,31 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if peer.source is not Source.UNTRUSTED:
             KSR.sl.sl_send_reply(403, "Trusted Peers Do Not Register")
             return
-        if self.authenticate("$tU", "$td") is None:
+        identity = self.authenticate("$tU", "$td")
+        if identity is None:
             return
         # An agent behind NAT: register the address it came from, not the one it wrote.
         if KSR.nathelper.nat_uac_test(19) > 0:
             KSR.nathelper.fix_nated_register()
         if KSR.registrar.save("location", 0) < 0:
             KSR.sl.sl_reply_error()
+            return
+        self.publish_reachability(identity)
+
+    def publish_reachability(self, identity):
+        """Tell the ACD the agent's phone is reachable, for as long as its binding lives
+        (only a registered agent can be READY)."""
+        ttl = registration_ttl(KSR.pv.get("$hdr(Expires)"),
+                               KSR.pv.get("$(ct{tobody.params}{param.value,expires})"))
+        key = agent_contact(identity.tenant.name, identity.extension)
+        try:
+            if ttl == 0 or KSR.pv.get("$ct") == "*":
+                self.redis.delete(key)
+            else:
+                contact = KSR.pv.get("$(ct{tobody.uri})") or ""
+                self.redis.set(key, f"{self.config.node} {contact}", ex=ttl)
+        except Exception:
+            KSR.err(f"omnicc: cannot publish reachability: {one_line_traceback()}\n")
 
     def route_to_agent(self):
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""

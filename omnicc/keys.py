@@ -19,3 +19,106 @@ def revoked_jti(tenant: str, jti: str) -> str:
 def agent_disabled(tenant: str, extension: str) -> str:
     """Set while an agent is disabled: none of its tokens or credentials is honoured."""
     return f"{tenant_tag(tenant)}:agent:{extension}:disabled"
+
+
+# ---------------------------------------------------------------------------- the ACD
+# Read by omnicc/acd.py and, through the same functions, by the Lua of omnicc/acd_lua.py:
+# the scripts' key helpers are generated from these, so Python and Lua cannot disagree.
+
+
+def agent_contact(tenant: str, extension: str) -> str:
+    """Set while the agent's phone is registered (written by Kamailio after each REGISTER,
+    with a TTL equal to the registration's expiry): only a registered agent can be READY."""
+    return f"{tenant_tag(tenant)}:agent:{extension}:contact"
+
+
+def agent_hash(tenant: str, extension: str) -> str:
+    """The agent's ACD state: state, reason, since, call, lease_until, wrapup_until,
+    last_ended, calls_taken, wrapup_ms (override)."""
+    return f"{tenant_tag(tenant)}:agent:{extension}"
+
+
+def agent_queues(tenant: str, extension: str) -> str:
+    """Set of the queues the agent is a member of."""
+    return f"{tenant_tag(tenant)}:agent:{extension}:queues"
+
+
+def queue_settings(tenant: str, queue: str) -> str:
+    """Hash of the queue's settings (strategy, wrap-up, leases, limits)."""
+    return f"{tenant_tag(tenant)}:queue:{queue}"
+
+
+def queue_members(tenant: str, queue: str) -> str:
+    """Hash member extension -> penalty."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:members"
+
+
+def queue_positions(tenant: str, queue: str) -> str:
+    """Hash member extension -> join order (linear and round-robin strategies)."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:positions"
+
+
+def queue_ready(tenant: str, queue: str) -> str:
+    """Sorted set of the queue's READY members, lowest score offered first."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:ready"
+
+
+def queue_waiting(tenant: str, queue: str) -> str:
+    """Sorted set of the queue's WAITING calls: higher priority, then longest wait, first."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:waiting"
+
+
+def queue_stats(tenant: str, queue: str) -> str:
+    """Hash of the queue's counters (calls offered, answered, abandoned, ...)."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:stats"
+
+
+def queue_agent_states(tenant: str, queue: str) -> str:
+    """Hash agent state -> how many of the queue's members are in it."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:agent_states"
+
+
+def queue_calls_taken(tenant: str, queue: str) -> str:
+    """Hash member extension -> calls answered from this queue (fewest-calls strategy)."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:calls_taken"
+
+
+def acd_call(tenant: str, call_id: str) -> str:
+    """Hash of a queued call: queue, state, priority, enqueued_at, caller, did, node, agent,
+    lease_until."""
+    return f"{tenant_tag(tenant)}:call:{call_id}"
+
+
+def call_ringing(tenant: str, call_id: str) -> str:
+    """Set of the agents holding a reservation for the call (one, or several for ringall)."""
+    return f"{tenant_tag(tenant)}:call:{call_id}:ringing"
+
+
+def tenant_agents(tenant: str) -> str:
+    """Set of every agent extension the ACD has seen."""
+    return f"{tenant_tag(tenant)}:agents"
+
+
+def tenant_queues(tenant: str) -> str:
+    """Set of every configured queue."""
+    return f"{tenant_tag(tenant)}:queues"
+
+
+def reservation_leases(tenant: str) -> str:
+    """Sorted set agent extension -> the end of its reservation's lease (ms)."""
+    return f"{tenant_tag(tenant)}:reservation_leases"
+
+
+def wrapup_ends(tenant: str) -> str:
+    """Sorted set agent extension -> the end of its wrap-up (ms)."""
+    return f"{tenant_tag(tenant)}:wrapup_ends"
+
+
+def call_leases(tenant: str) -> str:
+    """Sorted set call id -> the end of its lease (ms), for WAITING calls."""
+    return f"{tenant_tag(tenant)}:call_leases"
+
+
+def node_offers(tenant: str, node: str) -> str:
+    """Pub/sub channel: each reservation of a call held by `node` is published here."""
+    return f"{tenant_tag(tenant)}:node:{node}:offers"

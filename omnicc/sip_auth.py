@@ -53,3 +53,15 @@ def decoy_password() -> str:
     """A password nobody holds: unknown users and expired credentials are checked against
     it, so they fail exactly as a wrong password does."""
     return secrets.token_urlsafe(32)
+
+
+def registration_ttl(expires_header: str | None, contact_expires: str | None, *,
+                     default: int = 3600, minimum: int = 30, maximum: int = 3600) -> int:
+    """How long a REGISTER's binding lives, as Kamailio's registrar reckons it (the
+    Contact's expires parameter first, then the Expires header, then the default, clamped
+    to [minimum, maximum]); 0 is an unregistration."""
+    for text in (contact_expires, expires_header):
+        if text is not None and text.strip().isdigit():
+            seconds = int(text.strip())
+            return 0 if seconds == 0 else max(minimum, min(maximum, seconds))
+    return default

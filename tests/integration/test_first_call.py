@@ -15,6 +15,7 @@ import pytest
 
 from omnicc import sipp
 from omnicc.events import read_events
+from omnicc.keys import agent_contact
 from omnicc.sipp import SippRun
 
 from .conftest import DOMAIN, STRANGER_IP, TRUNK_IP, RunningStack
@@ -78,6 +79,10 @@ def test_agent_registers_with_digest_and_answers_a_call_to_the_demo_did(
 ) -> None:
     since = now_id()
     with agent_online(running_stack, sipp_dir, "1001") as phone:
+        # The ACD's view of the registration, with the binding's lifetime.
+        contact = agent_contact("default", "1001")
+        assert running_stack.redis().get(contact).startswith("it-main sip:1001@127.0.0.1:")
+        assert 0 < running_stack.redis().ttl(contact) <= 300
         caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
                                     local_ip=TRUNK_IP, talk_ms=1000)
         assert caller.run(timeout=60) == 0, caller.trace()

@@ -257,6 +257,23 @@ class _Part:
         return self._ksr.call(f"{self.prefix}.{name}", *args, result=result)
 
 
+def _contact_uri(contact: str | None) -> str | None:
+    if not contact or contact == "*":
+        return None
+    return contact.split("<", 1)[1].split(">", 1)[0] if "<" in contact else contact.split(";")[0]
+
+
+def _contact_param(contact: str | None, name: str) -> str | None:
+    """A parameter of the Contact header (after the URI's closing '>')."""
+    if not contact or ">" not in contact:
+        return None
+    for part in contact.split(">", 1)[1].split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == name:
+            return value
+    return None
+
+
 class FakePv(_Part):
     prefix = "pv"
 
@@ -269,6 +286,10 @@ class FakePv(_Part):
             "$rU": request.ruri_user, "$fU": request.from_user, "$fd": request.from_domain,
             "$tU": request.to_user, "$td": request.to_domain, "$ua": request.user_agent,
             "$fn": request.from_display,
+            "$ct": request.header("Contact"),
+            "$(ct{tobody.uri})": _contact_uri(request.header("Contact")),
+            "$(ct{tobody.params}{param.value,expires})": _contact_param(
+                request.header("Contact"), "expires"),
             "$ml": request.length(),
             "$aU": request.credentials.username if request.credentials else None,
             "$rs": request.reply_code,

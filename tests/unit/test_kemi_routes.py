@@ -843,8 +843,10 @@ def test_redis_failing_in_screening_is_logged_and_the_request_still_served(
     worker.redis.fail("evalsha", "set")
     fake = worker.route(with_bearer(register(), secrets.token()))
     assert fake.calls_to("registrar.save") == [("location", 0)]
-    (logged,) = fake.calls_to("err")
-    assert "ban list unavailable" in logged[0] and "Redis went away" in logged[0]
+    screening, reachability = (logged[0] for logged in fake.calls_to("err"))
+    assert "ban list unavailable" in screening and "Redis went away" in screening
+    # The registration stands; only the ACD's view of it could not be written.
+    assert "cannot publish reachability" in reachability
 
 
 def test_a_scanner_is_dropped_even_when_redis_is_down(worker: Worker) -> None:
@@ -1318,3 +1320,18 @@ def test_reply_and_onsend_routes_let_everything_through(worker: Worker) -> None:
     worker.fake(invite_from_asterisk())
     assert worker.handler.ksr_reply_route(None) == 1
     assert worker.handler.ksr_onsend_route(None) == 1
+
+
+def test_a_registration_publishes_the_agents_reachability_for_its_lifetime(
+    worker: Worker,
+) -> None:
+    from omnicc.keys import agent_contact
+
+    key = agent_contact("default", "1001")
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=120")]))
+    assert worker.redis.get(key) is not None
+    assert 0 < worker.redis.ttl(key) <= 120
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
+    assert worker.redis.get(key) is None
