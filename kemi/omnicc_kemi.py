@@ -22,7 +22,7 @@ import KSR  # noqa: E402  (provided by app_python3)
 
 from omnicc.agent_auth import AgentAuthenticator, AuthFailure  # noqa: E402
 from omnicc.config import load_config  # noqa: E402
-from omnicc.keys import agent_contact  # noqa: E402
+from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
     parse_authorization,
@@ -36,6 +36,7 @@ INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk", "X-Omnicc-Agent")
 DISPATCHER_SET = 1
 DISPATCHER_ROUND_ROBIN = 4
 ASTERISK_SILENCE_TIMEOUT_MS = 3000
+AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
 ASTERISK_RING_TIMEOUT_MS = 120000
 
 
@@ -214,6 +215,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def route_to_agent(self):
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""
+        if self.agent_disabled(KSR.pv.get("$rd") or "", KSR.pv.get("$rU") or ""):
+            KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+            return
         KSR.dialog.dlg_manage()  # so the agent's in-dialog requests are recognised
         KSR.rr.record_route()
         KSR.tm.t_on_reply("ksr_reply_from_agent")
@@ -294,7 +298,11 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 auth_user = KSR.pv.get("$aU") or ""
                 password = self.auth.digest_password(tenant, user, auth_user, now)
                 # checks=0: the identity (auth user vs AOR) is checked by digest_password.
-                if KSR.auth.pv_auth_check(tenant.domain, password, 0, 0) < 0:
+                rc = KSR.auth.pv_auth_check(tenant.domain, password, 0, 0)
+                if rc == AUTH_STALE_NONCE:
+                    # A right answer to an old challenge: challenge again, count nothing.
+                    raise AuthFailure("digest: stale nonce", counts=False)
+                if rc < 0:
                     raise AuthFailure("digest")
                 identity = self.auth.identity(tenant, user)
             elif credentials.scheme == "malformed":
@@ -327,6 +335,16 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                             ban_seconds=security.ban_seconds, reason="auth-failures")
         except Exception:
             KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+
+    def agent_disabled(self, domain, user):
+        tenant = self.config.tenant_by_domain(domain.lower())
+        if tenant is None:
+            return False
+        try:
+            return bool(self.redis.exists(agent_disabled(tenant.name, user)))
+        except Exception:
+            KSR.err(f"omnicc: cannot check agent state: {one_line_traceback()}\n")
+            return False
 
     def method_not_allowed(self):
         # RFC 3261 21.4.6: a 405 lists the methods that are allowed.

@@ -463,7 +463,13 @@ def _compose_with_lines(text: str, path: str) -> _Located:
 def _dotted(where: tuple[Any, ...]) -> str:
     out = ""
     for part in where:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # A key that is not a plain word (a typo with a space or a line break in it) is
+        # quoted, so the message stays one readable line.
+        name = str(part) if re.fullmatch(r"[A-Za-z0-9_-]+", str(part)) else repr(str(part))
+        out += f".{name}" if out else name
     return out or "(top level)"
 
 

@@ -120,10 +120,17 @@ class HistoryWriter:
         return moved
 
     def run(self, stop: list[bool]) -> None:
-        self.ensure_groups()
         while not stop:
-            self.redis.set(heartbeat_key(self.config.node), str(time.time()), ex=HEARTBEAT_TTL)
             try:
+                self.ensure_groups()
+                break
+            except redis.ConnectionError as exc:
+                log.warning("Redis unavailable (%s); retrying", exc)
+                time.sleep(1)
+        while not stop:
+            try:
+                self.redis.set(heartbeat_key(self.config.node), str(time.time()),
+                               ex=HEARTBEAT_TTL)
                 moved = self.step()
                 if moved:
                     log.info("stored %d event(s)", moved)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnicc.keys import agent_disabled, revoked_jti
+from omnicc.keys import agent_contact, agent_disabled, revoked_jti
 
 
 def revoke_token(redis: Any, tenant: str, jti: str, seconds: int) -> None:
@@ -15,7 +15,9 @@ def revoke_token(redis: Any, tenant: str, jti: str, seconds: int) -> None:
 
 
 def disable_agent(redis: Any, tenant: str, extension: str) -> None:
+    """Refuse the agent's credentials and calls to it; the ACD stops seeing it reachable."""
     redis.set(agent_disabled(tenant, extension), "1")
+    redis.delete(agent_contact(tenant, extension))
 
 
 def enable_agent(redis: Any, tenant: str, extension: str) -> bool:

@@ -2,7 +2,8 @@
 started and stopped together from one config file, everything under one var/ directory.
 
     var/etc/     rendered configs        var/log/   one log per service
-    var/run/     pid files, sockets      var/data/  Redis and PostgreSQL data, secrets
+    var/run/     pid files, sockets      var/data/  Redis and PostgreSQL data
+    var/secrets/ signing key, JWKS, digest secret (0700)
 
 `up` returns only when every service answers its health check; a second `up` leaves
 running services alone; `down` stops each service's whole process group.

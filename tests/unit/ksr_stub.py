@@ -67,6 +67,7 @@ class SipRequest:
     source_ip: str = "203.0.113.50"
     source_port: int = 5060
     ruri_user: str | None = None
+    ruri_domain: str | None = None  # None: the To domain, as for most requests here
     ruri_is_myself: bool = True
     from_user: str = ""
     from_domain: str = ""
@@ -284,6 +285,7 @@ class FakePv(_Part):
         values: dict[str, str | int | None] = {
             "$si": request.source_ip, "$sp": request.source_port, "$rm": request.method,
             "$rU": request.ruri_user, "$fU": request.from_user, "$fd": request.from_domain,
+            "$rd": request.ruri_domain if request.ruri_domain is not None else request.to_domain,
             "$tU": request.to_user, "$td": request.to_domain, "$ua": request.user_agent,
             "$fn": request.from_display,
             "$ct": request.header("Contact"),

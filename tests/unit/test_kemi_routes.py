@@ -917,7 +917,8 @@ def test_invite_from_asterisk_is_delivered_to_the_agents_contact(worker: Worker)
     assert fake.replies == []
     assert "auth.pv_auth_check" not in fake.names()
     assert "dispatcher.ds_select_dst" not in fake.names()
-    assert worker.redis.commands == []  # nothing about Asterisk is counted
+    # Nothing about Asterisk is counted: the one Redis read is whether the agent is disabled.
+    assert worker.redis.commands == ["exists"]
 
 
 @pytest.mark.parametrize(("lookup", "reply"), [
@@ -1335,3 +1336,12 @@ def test_a_registration_publishes_the_agents_reachability_for_its_lifetime(
     worker.route(register(credentials=good_credentials(),
                           headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
     assert worker.redis.get(key) is None
+
+
+def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
+    from omnicc.keys import agent_disabled
+
+    worker.redis.set(agent_disabled("default", "1001"), "1")
+    fake = worker.route(invite_from_asterisk())
+    assert fake.replies == [(480, "Temporarily Unavailable")]
+    assert not fake.relayed
