@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 
+from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
 from omnicc.routing import RoutingError, decide_agent_call
 
 log = logging.getLogger("omnicc.agi.agent_call")
-
-Q850_UNALLOCATED_NUMBER = 1
 
 
 class AgentCall:
@@ -38,13 +37,8 @@ class AgentCall:
             if self._config.tenant(tenant) is not None:
                 await self._events.append(tenant, "agent_call_unrouted", reason=str(exc),
                                           **common)
-            await session.set_variable("OMNICC_ERROR", " ".join(str(exc).split()))
-            await session.set_variable("OMNICC_CAUSE", str(Q850_UNALLOCATED_NUMBER))
-            await session.set_variable("OMNICC_STATUS", "ERROR")
+            await answer_unrouted(session, str(exc))
             return
         await self._events.append(decision.tenant, "agent_call_routed", agent=decision.agent,
                                   **common)
-        await session.set_variable("OMNICC_DEST", "agent")
-        await session.set_variable("OMNICC_AGENT", decision.agent)
-        await session.set_variable("OMNICC_DIAL", decision.dial)
-        await session.set_variable("OMNICC_STATUS", "OK")
+        await answer_decision(session, decision)

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
 from omnicc.routing import RoutingError, decide_inbound
 
 log = logging.getLogger("omnicc.agi.inbound_route")
-
-# Hang-up cause for a DID omnicc has no route for: Asterisk answers 404 Not Found.
-Q850_UNALLOCATED_NUMBER = 1
 
 
 class InboundRoute:
@@ -40,17 +38,10 @@ class InboundRoute:
             log.warning("call %s not routed: %s", req.uniqueid, exc)
             if self._config.tenant(tenant) is not None:
                 await self._events.append(tenant, "call_unrouted", reason=str(exc), **common)
-            # One line: a channel variable cannot hold a line break.
-            await session.set_variable("OMNICC_ERROR", " ".join(str(exc).split()))
-            await session.set_variable("OMNICC_CAUSE", str(Q850_UNALLOCATED_NUMBER))
-            await session.set_variable("OMNICC_STATUS", "ERROR")
+            await answer_unrouted(session, str(exc))
             return
         await self._events.append(
             decision.tenant, "call_routed", destination=decision.destination,
             agent=decision.agent, **common,
         )
-        await session.set_variable("OMNICC_DEST", decision.destination)
-        if decision.agent:
-            await session.set_variable("OMNICC_AGENT", decision.agent)
-            await session.set_variable("OMNICC_DIAL", decision.dial)
-        await session.set_variable("OMNICC_STATUS", "OK")
+        await answer_decision(session, decision)

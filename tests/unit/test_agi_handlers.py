@@ -245,3 +245,42 @@ def test_health_answers_ok(config: OmniccConfig, events: MemoryEventLog) -> None
     record = run_handler(build_routes(config, as_event_log(events))["health"], "health", {})
     assert record.variables == {"OMNICC_STATUS": "OK"}
     assert events.events == []
+
+
+# ---------------------------------------------------------------------------- agent_call
+
+
+def agent_call(config: OmniccConfig, events: MemoryEventLog, **params: str) -> FakeCallRecord:
+    from agi.handlers.agent_call import AgentCall
+
+    return run_handler(AgentCall(config, as_event_log(events)), "agent_call", params)
+
+
+def test_agent_call_to_another_agent_dials_it(config: OmniccConfig,
+                                              events: MemoryEventLog) -> None:
+    record = agent_call(config, events, tenant="default", agent="1001", dialled="1002")
+    assert record.variables["OMNICC_STATUS"] == "OK"
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/kamailio/sip:1002@default.omnicc.test"
+    assert [(e.event, e.fields["from_agent"], e.fields["agent"]) for e in events.events] == [
+        ("agent_call_routed", "1001", "1002")]
+
+
+@pytest.mark.parametrize(("caller", "dialled"), [
+    ("1001", "0044123456789"),   # an outside number: no outbound routes yet
+    ("1001", "1009"),            # no such agent
+    ("1009", "1002"),            # the caller is not an agent of this tenant
+])
+def test_agent_call_without_a_route_is_refused_with_404(
+    config: OmniccConfig, events: MemoryEventLog, caller: str, dialled: str
+) -> None:
+    record = agent_call(config, events, tenant="default", agent=caller, dialled=dialled)
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert record.variables["OMNICC_CAUSE"] == "1"
+    assert "OMNICC_DIAL" not in record.variables
+    assert [e.event for e in events.events] == ["agent_call_unrouted"]
+
+
+def test_agent_call_of_another_tenant_is_not_routed(events: MemoryEventLog) -> None:
+    two = parse_config(TWO_TENANTS)
+    record = agent_call(two, events, tenant="acme", agent="1001", dialled="2001")
+    assert record.variables["OMNICC_STATUS"] == "ERROR"

@@ -1,0 +1,28 @@
+"""How routing handlers answer the dialplan: the channel variables of dialplan/omnicc.conf.
+Shared by inbound_route and agent_call so both speak to Asterisk the same way."""
+
+from __future__ import annotations
+
+from agi.protocol import AGISession
+from omnicc.routing import InboundDecision
+
+# Hang-up cause for a number omnicc has no route for: Asterisk answers 404 Not Found.
+Q850_UNALLOCATED_NUMBER = 1
+
+
+async def answer_unrouted(session: AGISession, reason: str,
+                          cause: int = Q850_UNALLOCATED_NUMBER) -> None:
+    """OMNICC_STATUS=ERROR: the dialplan hangs up with `cause`."""
+    # One line: a channel variable cannot hold a line break.
+    await session.set_variable("OMNICC_ERROR", " ".join(reason.split()))
+    await session.set_variable("OMNICC_CAUSE", str(cause))
+    await session.set_variable("OMNICC_STATUS", "ERROR")
+
+
+async def answer_decision(session: AGISession, decision: InboundDecision) -> None:
+    """OMNICC_STATUS=OK with where the call goes (and, for an agent, how to dial it)."""
+    await session.set_variable("OMNICC_DEST", decision.destination)
+    if decision.agent:
+        await session.set_variable("OMNICC_AGENT", decision.agent)
+        await session.set_variable("OMNICC_DIAL", decision.dial)
+    await session.set_variable("OMNICC_STATUS", "OK")
