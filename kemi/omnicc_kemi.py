@@ -56,6 +56,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.auth = None
         self.bans = None
         self.redis = None
+        self._acd = None
 
     def child_init(self, rank):
         # Each worker has its own interpreter: load the config and open Redis here.
@@ -206,7 +207,12 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         key = agent_contact(identity.tenant.name, identity.extension)
         try:
             if ttl == 0 or KSR.pv.get("$ct") == "*":
-                self.redis.delete(key)
+                # Unregistered: the ACD takes the agent OFFLINE now (a ringing
+                # reservation is withdrawn), not when matching next meets it.
+                try:
+                    self.acd().unregister(identity.tenant.name, identity.extension)
+                finally:
+                    self.redis.delete(key)  # whatever the ACD said, it is unreachable
             else:
                 contact = KSR.pv.get("$(ct{tobody.uri})") or ""
                 self.redis.set(key, f"{self.config.node} {contact}", ex=ttl)
@@ -335,6 +341,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                             ban_seconds=security.ban_seconds, reason="auth-failures")
         except Exception:
             KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+
+    def acd(self):
+        if self._acd is None:
+            from omnicc.acd import AcdSync
+
+            self._acd = AcdSync(self.redis, self.config.node)
+        return self._acd
 
     def agent_disabled(self, domain, user):
         tenant = self.config.tenant_by_domain(domain.lower())

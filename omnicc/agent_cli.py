@@ -39,7 +39,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
                          socket_timeout=5)
     where = f"agent {args.extension} of tenant {tenant.name}"
     if args.action == "disable":
-        disable_agent(client, tenant.name, args.extension)
+        disable_agent(client, tenant.name, args.extension, node=config.node)
         print(f"{where} disabled")
     elif args.action == "enable":
         enable_agent(client, tenant.name, args.extension)

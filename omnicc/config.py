@@ -449,7 +449,7 @@ def _compose_with_lines(text: str, path: str) -> _Located:
             return n.value
         try:
             return scalars.construct_object(n, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
+        except (yaml.YAMLError, ValueError, TypeError, IndexError) as exc:  # PyYAML quirks
             # Bad tags (!!python/object, !foo) and impossible values (!!int abc, 2001-13-45).
             problem = getattr(exc, "problem", None) or str(exc)
             raise fail(n, where, f"cannot read {n.value!r}: {_one_line(problem)}") from None

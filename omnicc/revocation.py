@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnicc.keys import agent_contact, agent_disabled, revoked_jti
+from omnicc.keys import agent_disabled, revoked_jti
 
 
 def revoke_token(redis: Any, tenant: str, jti: str, seconds: int) -> None:
@@ -14,10 +14,13 @@ def revoke_token(redis: Any, tenant: str, jti: str, seconds: int) -> None:
     redis.set(revoked_jti(tenant, jti), "1", ex=max(1, seconds))
 
 
-def disable_agent(redis: Any, tenant: str, extension: str) -> None:
+def disable_agent(redis: Any, tenant: str, extension: str, node: str = "cli") -> None:
     """Refuse the agent's credentials and calls to it; the ACD stops seeing it reachable."""
+    from omnicc.acd import AcdSync
+
     redis.set(agent_disabled(tenant, extension), "1")
-    redis.delete(agent_contact(tenant, extension))
+    # Unregistered in the ACD's eyes: OFFLINE at once, a ringing reservation withdrawn.
+    AcdSync(redis, node).unregister(tenant, extension)
 
 
 def enable_agent(redis: Any, tenant: str, extension: str) -> bool:

@@ -97,6 +97,9 @@ def test_agent_registers_with_digest_and_answers_a_call_to_the_demo_did(
     kamailio = f"127.0.0.1:{running_stack.config.services.kamailio.port}"
     assert f"Record-Route: <sip:{kamailio};lr" in phone.trace()
 
+    # Unregistered (Expires: 0): the ACD no longer sees the agent reachable.
+    assert running_stack.redis().get(agent_contact("default", "1001")) is None
+
     # The FastAGI server's record: the routing decision and the answered call.
     events = events_since(running_stack, since, want=2)
     routed = [e for e in events if e["event"] == "call_routed"]
