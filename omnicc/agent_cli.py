@@ -8,20 +8,30 @@ import sys
 import redis
 
 from omnicc.config import load_config
+from omnicc.keys import agent_hash
 from omnicc.revocation import disable_agent, enable_agent, is_agent_disabled
 
 
 def add_agent_commands(subparsers: argparse._SubParsersAction) -> None:
-    agent = subparsers.add_parser("agent", help="administer agents")
+    agent = subparsers.add_parser("agent", help="agents: log in and out, pause, disable")
     commands = agent.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND")
     for name, helptext in (
+        ("login", "READY for calls (only with a registered phone)"),
+        ("logout", "OFFLINE (refused on a call unless --force)"),
+        ("pause", "PAUSED with a reason (--reason)"),
+        ("unpause", "READY again"),
         ("disable", "refuse every credential of an agent from now on, on every node"),
         ("enable", "let a disabled agent in again"),
-        ("show", "whether an agent is enabled"),
+        ("show", "the agent's state"),
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("extension", metavar="EXT")
         sub.add_argument("--tenant", help="tenant name (default: the first tenant)")
+        if name == "pause":
+            sub.add_argument("--reason", default="break", help="why (default: break)")
+        if name == "logout":
+            sub.add_argument("--force", action="store_true",
+                             help="a supervisor's logout: ends the agent's call")
         sub.set_defaults(func=cmd_agent, action=name)
 
 
@@ -38,6 +48,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     client = redis.Redis(host=config.services.listen, port=config.services.redis.port,
                          socket_timeout=5)
     where = f"agent {args.extension} of tenant {tenant.name}"
+    if args.action in ("login", "logout", "pause", "unpause"):
+        return _state_change(client, config.node, tenant.name, args, where)
     if args.action == "disable":
         disable_agent(client, tenant.name, args.extension, node=config.node)
         print(f"{where} disabled")
@@ -45,6 +57,36 @@ def cmd_agent(args: argparse.Namespace) -> int:
         enable_agent(client, tenant.name, args.extension)
         print(f"{where} enabled")
     else:
-        state = "disabled" if is_agent_disabled(client, tenant.name, args.extension) else "enabled"
-        print(f"{where}: {state}")
+        enabled = "disabled" if is_agent_disabled(client, tenant.name, args.extension) \
+            else "enabled"
+        fields = {_text(k): _text(v)
+                  for k, v in client.hgetall(agent_hash(tenant.name, args.extension)).items()}
+        state = fields.get("state", "OFFLINE")
+        reason = f" ({fields['reason']})" if fields.get("reason") else ""
+        print(f"{where}: {enabled}, {state}{reason}")
+    return 0
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _state_change(client: redis.Redis, node: str, tenant: str, args: argparse.Namespace,
+                  where: str) -> int:
+    from omnicc.acd import AcdSync
+
+    acd = AcdSync(client, node)
+    if args.action == "login":
+        result = acd.login(tenant, args.extension)
+    elif args.action == "logout":
+        result = acd.logout(tenant, args.extension, force=args.force)
+    elif args.action == "pause":
+        result = acd.pause(tenant, args.extension, args.reason)
+    else:
+        result = acd.unpause(tenant, args.extension)
+    if not result.ok:
+        print(f"omnicc agent {args.action}: {where} refused: {result.code} "
+              f"(state {result.state})", file=sys.stderr)
+        return 1
+    print(f"{where}: {result.state}")
     return 0
