@@ -12,27 +12,58 @@ import signal
 import sys
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from agi.handlers.agent_call import AgentCall
 from agi.handlers.call_end import CallEnd
 from agi.handlers.health import health
 from agi.handlers.inbound_route import InboundRoute
+from agi.handlers.queue_call import QueueAnswer, QueueCall, QueueEnd, QueueResult, QueueStore
+from agi.handlers.queue_setup import sync_queues
 from agi.server import FastAGIServer, Handler
+from omnicc.acd import AcdStore
 from omnicc.config import ConfigError, OmniccConfig, load_config
 from omnicc.events import EventLog
 
 REDIS_POOL_SIZE = 256
 REDIS_POOL_WAIT_SECONDS = 5.0
+QUEUE_SYNC_RETRY_SECONDS = 2.0
 
 
-def build_routes(config: OmniccConfig, events: EventLog) -> dict[str, Handler]:
-    """Every AGI script this server answers, by the name the dialplan uses."""
-    return {
+def build_routes(config: OmniccConfig, events: EventLog,
+                 acd: QueueStore | None = None) -> dict[str, Handler]:
+    """Every AGI script this server answers, by the name the dialplan uses; the queue
+    scripts when it has an ACD store."""
+    routes: dict[str, Handler] = {
         "health": health,
         "inbound_route": InboundRoute(config, events),
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events),
     }
+    if acd is not None:
+        routes.update({
+            "queue_call": QueueCall(config, acd),
+            "queue_answer": QueueAnswer(config, acd),
+            "queue_result": QueueResult(config, acd),
+            "queue_end": QueueEnd(config, acd),
+        })
+    return routes
+
+
+async def push_queues(acd: AcdStore, client: aioredis.Redis, config: OmniccConfig,
+                      log: logging.Logger) -> None:
+    """The config's queues into the ACD, retried until Redis answers: meanwhile the server
+    serves, and a queue call that cannot be served goes to the dialplan's failover."""
+    while True:
+        try:
+            synced = await sync_queues(acd, client, config)
+        except RedisError as exc:
+            log.error("ACD: cannot push the queues into Redis (%s); retrying", exc)
+            await asyncio.sleep(QUEUE_SYNC_RETRY_SECONDS)
+            continue
+        log.info("ACD: %d queues configured, %d members added, %d removed", synced.queues,
+                 synced.members_added, synced.members_removed)
+        return
 
 
 async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> None:
@@ -42,9 +73,12 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> N
         redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT_SECONDS)
     client = aioredis.Redis.from_pool(pool)
     events = EventLog(client, config.node)
-    server = FastAGIServer(build_routes(config, events), host=host, port=port)
+    acd = AcdStore(client, config.node)
+    log = logging.getLogger("omnicc.agi")
+    syncing = asyncio.create_task(push_queues(acd, client, config, log))
+    server = FastAGIServer(build_routes(config, events, acd), host=host, port=port)
     await server.start()
-    logging.getLogger("omnicc.agi").info("FastAGI server listening on %s:%d", host, server.port)
+    log.info("FastAGI server listening on %s:%d", host, server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -53,6 +87,8 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> N
     await stop.wait()
     await server.close()
     serving.cancel()
+    syncing.cancel()
+    await acd.close()
     await client.aclose()
 
 

@@ -28,6 +28,9 @@ from pydantic import (
 EXTENSION_RE = re.compile(r"^[0-9]{2,12}$")
 DID_RE = re.compile(r"^\+?[0-9]{1,20}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Bounds the ACD scripts accept (omnicc/acd_lua.py MAX_PENALTY, MAX_PRIORITY).
+MAX_QUEUE_PENALTY = 500
+MAX_QUEUE_PRIORITY = 99
 
 
 class ConfigError(Exception):
@@ -116,18 +119,25 @@ class AsteriskNode(_Strict):
         return f"sip:{self.host}:{self.port}"
 
 
+def _extension_value(value: Any) -> str:
+    value = str(value) if isinstance(value, int) else value
+    if not isinstance(value, str) or not EXTENSION_RE.fullmatch(value):
+        raise ValueError("an extension is 2 to 12 digits, written as a quoted string")
+    return value
+
+
 class Agent(_Strict):
     extension: str
     name: str = ""
     password: str = Field(min_length=8)
+    # After-call work of this agent, overriding the wrapup_seconds of every queue it takes
+    # a call from. None: the queue's.
+    wrapup_seconds: int | None = Field(default=None, ge=0, le=3600)
 
     @field_validator("extension", mode="before")
     @classmethod
     def _extension(cls, value: Any) -> str:
-        value = str(value) if isinstance(value, int) else value
-        if not isinstance(value, str) or not EXTENSION_RE.fullmatch(value):
-            raise ValueError("an extension is 2 to 12 digits, written as a quoted string")
-        return value
+        return _extension_value(value)
 
 
 class Trunk(_Strict):
@@ -164,9 +174,9 @@ class Trunk(_Strict):
 
 
 class Destination(_Strict):
-    """Where a call goes: ``agent:1001`` or ``hangup`` in the file."""
+    """Where a call goes: ``agent:1001``, ``queue:sales`` or ``hangup`` in the file."""
 
-    kind: Literal["agent", "hangup"]
+    kind: Literal["agent", "queue", "hangup"]
     target: str = ""
 
     def __str__(self) -> str:
@@ -179,9 +189,76 @@ class Destination(_Strict):
             if not EXTENSION_RE.fullmatch(target):
                 raise ValueError(f"'agent:' needs an agent extension, got {text!r}")
             return cls(kind="agent", target=target)
+        if kind == "queue":
+            if not NAME_RE.fullmatch(target):
+                raise ValueError(f"'queue:' needs a queue name, got {text!r}")
+            return cls(kind="queue", target=target)
         if kind == "hangup" and not target:
             return cls(kind="hangup")
-        raise ValueError(f"unknown destination {text!r} (expected 'agent:EXT' or 'hangup')")
+        raise ValueError(
+            f"unknown destination {text!r} (expected 'agent:EXT', 'queue:NAME' or 'hangup')")
+
+
+def _destination_value(value: Any) -> Any:
+    return Destination.parse(value) if isinstance(value, str) else value
+
+
+QueueStrategy = Literal["longest-idle", "fewest-calls", "round-robin", "round-robin-memory",
+                        "random", "linear", "ringall"]
+
+
+class QueueMember(_Strict):
+    agent: str
+    penalty: int = Field(default=0, ge=0, le=MAX_QUEUE_PENALTY)  # lower is offered first
+
+    @field_validator("agent", mode="before")
+    @classmethod
+    def _agent(cls, value: Any) -> str:
+        return _extension_value(value)
+
+
+class Queue(_Strict):
+    """An ACD queue (an inbound campaign). Seconds here; the ACD keeps milliseconds."""
+
+    name: str
+    strategy: QueueStrategy = "longest-idle"
+    members: list[QueueMember] = []
+    ring_timeout_seconds: int = Field(default=20, ge=1, le=600)
+    max_wait_seconds: int = Field(default=300, ge=1, le=86400)
+    failover: Destination = Destination(kind="hangup")  # after max_wait_seconds
+    max_length: int = Field(default=0, ge=0)  # calls waiting; 0: no limit
+    # Where a call goes that finds the queue full, or (overflow_when_no_agents) no member
+    # logged in. None: the failover destination.
+    overflow: Destination | None = None
+    overflow_when_no_agents: bool = True
+    wrapup_seconds: int = Field(default=0, ge=0, le=3600)
+    service_level_seconds: int = Field(default=20, ge=0, le=86400)
+    auto_pause_reason: str = Field(default="", max_length=200)  # pause who does not answer
+    # How long a waiting call stays queued without its FastAGI session renewing it.
+    call_lease_seconds: int = Field(default=30, ge=3, le=3600)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("a queue name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("failover", "overflow", mode="before")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        return _destination_value(value)
+
+    @field_validator("auto_pause_reason")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if any(ch in value for ch in "\r\n\0"):
+            raise ValueError("a pause reason is one line")
+        return value
+
+    @property
+    def overflow_destination(self) -> Destination:
+        return self.overflow if self.overflow is not None else self.failover
 
 
 class InboundRoute(_Strict):
@@ -199,7 +276,7 @@ class InboundRoute(_Strict):
     @field_validator("destination", mode="before")
     @classmethod
     def _destination(cls, value: Any) -> Any:
-        return Destination.parse(value) if isinstance(value, str) else value
+        return _destination_value(value)
 
 
 class Tenant(_Strict):
@@ -208,6 +285,7 @@ class Tenant(_Strict):
     agents: list[Agent] = []
     trunks: list[Trunk] = []
     inbound_routes: list[InboundRoute] = []
+    queues: list[Queue] = []
 
     @field_validator("name")
     @classmethod
@@ -232,16 +310,45 @@ class Tenant(_Strict):
                          lambda i: ("trunks", i, "name")),
             *_duplicates([r.did for r in self.inbound_routes], "inbound route DID",
                          lambda i: ("inbound_routes", i, "did")),
+            *_duplicates([q.name for q in self.queues], "queue name",
+                         lambda i: ("queues", i, "name")),
         ]
         extensions = {a.extension for a in self.agents}
-        for index, route in enumerate(self.inbound_routes):
-            dest = route.destination
+        queues = {q.name for q in self.queues}
+
+        def check(dest: Destination | None, where: tuple[Any, ...], what: str) -> None:
+            if dest is None:
+                return
             if dest.kind == "agent" and dest.target not in extensions:
-                problems.append((
-                    ("inbound_routes", index, "destination"),
-                    f"inbound route {route.did} goes to agent {dest.target}, "
-                    "which is not among this tenant's agents",
-                ))
+                problems.append((where, f"{what} goes to agent {dest.target}, "
+                                        "which is not among this tenant's agents"))
+            if dest.kind == "queue" and dest.target not in queues:
+                problems.append((where, f"{what} goes to queue {dest.target}, "
+                                        "which is not among this tenant's queues"))
+
+        for index, route in enumerate(self.inbound_routes):
+            check(route.destination, ("inbound_routes", index, "destination"),
+                  f"inbound route {route.did}")
+        for index, queue in enumerate(self.queues):
+            for key in ("failover", "overflow"):
+                dest = getattr(queue, key)
+                check(dest, ("queues", index, key), f"the {key} of queue {queue.name}")
+                if dest is not None and dest.kind == "queue" and dest.target == queue.name:
+                    problems.append((("queues", index, key),
+                                     f"queue {queue.name} cannot {key} to itself"))
+            problems.extend(_duplicates(
+                [m.agent for m in queue.members], "member",
+                _member_path(index)))
+            if _leads_back(self.queues, queue.name):
+                problems.append((("queues", index, "name"),
+                                 f"the failover and overflow destinations of queue "
+                                 f"{queue.name} lead back to it through other queues"))
+            for m_index, member in enumerate(queue.members):
+                if member.agent not in extensions:
+                    problems.append((
+                        ("queues", index, "members", m_index, "agent"),
+                        f"queue {queue.name} member {member.agent} is not among this "
+                        "tenant's agents"))
         _raise_problems(problems)
         return self
 
@@ -250,6 +357,9 @@ class Tenant(_Strict):
 
     def inbound_route(self, did: str) -> InboundRoute | None:
         return next((r for r in self.inbound_routes if r.did == did), None)
+
+    def queue(self, name: str) -> Queue | None:
+        return next((q for q in self.queues if q.name == name), None)
 
 
 class JwtAuth(_Strict):
@@ -352,6 +462,34 @@ class OmniccConfig(_Strict):
 
     def tenant_by_domain(self, domain: str) -> Tenant | None:
         return next((t for t in self.tenants if t.domain == domain), None)
+
+
+def _leads_back(queues: list[Queue], start: str) -> bool:
+    """Whether failover/overflow destinations lead from queue `start` through at least one
+    other queue back to it: a call would loop between them for ever."""
+    by_name = {q.name: q for q in queues}
+
+    def next_queues(name: str) -> set[str]:
+        queue = by_name.get(name)
+        if queue is None:
+            return set()
+        return {d.target for d in (queue.failover, queue.overflow)
+                if d is not None and d.kind == "queue" and d.target != name}
+
+    seen: set[str] = set()
+    todo = list(next_queues(start))
+    while todo:
+        name = todo.pop()
+        if name == start:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(next_queues(name))
+    return False
+
+
+def _member_path(queue_index: int) -> Callable[[int], tuple[Any, ...]]:
+    return lambda i: ("queues", queue_index, "members", i, "agent")
 
 
 def _duplicates(

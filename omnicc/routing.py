@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omnicc.config import OmniccConfig
+from omnicc.config import Destination, OmniccConfig, Tenant
 
 
 class RoutingError(Exception):
@@ -15,9 +15,28 @@ class RoutingError(Exception):
 class InboundDecision:
     tenant: str
     did: str
-    destination: str  # agent | hangup
+    destination: str  # agent | queue | hangup
     agent: str = ""   # the agent extension, for agent destinations
     dial: str = ""    # the Asterisk Dial() target, built from the config only
+    queue: str = ""   # the queue name, for queue destinations
+
+
+def agent_dial(tenant: Tenant, extension: str) -> str:
+    """The Dial() target of an agent: through Kamailio, which looks up its registration."""
+    return f"PJSIP/kamailio/sip:{extension}@{tenant.domain}"
+
+
+def decide_destination(tenant: Tenant, did: str, dest: Destination) -> InboundDecision:
+    """Where `dest` (an inbound route's, a queue's failover or overflow) sends the call."""
+    if dest.kind == "agent":
+        return InboundDecision(tenant=tenant.name, did=did, destination="agent",
+                               agent=dest.target, dial=agent_dial(tenant, dest.target))
+    if dest.kind == "queue":
+        if tenant.queue(dest.target) is None:
+            raise RoutingError(f"no queue {dest.target!r} in tenant {tenant.name}")
+        return InboundDecision(tenant=tenant.name, did=did, destination="queue",
+                               queue=dest.target)
+    return InboundDecision(tenant=tenant.name, did=did, destination=dest.kind)
 
 
 def decide_inbound(config: OmniccConfig, tenant_name: str, did: str) -> InboundDecision:
@@ -27,16 +46,7 @@ def decide_inbound(config: OmniccConfig, tenant_name: str, did: str) -> InboundD
     route = tenant.inbound_route(did)
     if route is None:
         raise RoutingError(f"no inbound route for DID {did!r} in tenant {tenant.name}")
-    dest = route.destination
-    if dest.kind == "agent":
-        return InboundDecision(
-            tenant=tenant.name,
-            did=did,
-            destination="agent",
-            agent=dest.target,
-            dial=f"PJSIP/kamailio/sip:{dest.target}@{tenant.domain}",
-        )
-    return InboundDecision(tenant=tenant.name, did=did, destination=dest.kind)
+    return decide_destination(tenant, did, route.destination)
 
 
 def decide_agent_call(config: OmniccConfig, tenant_name: str, caller: str,
@@ -53,5 +63,5 @@ def decide_agent_call(config: OmniccConfig, tenant_name: str, caller: str,
                            "(no outbound routes are configured)")
     return InboundDecision(
         tenant=tenant.name, did=dialled, destination="agent", agent=dialled,
-        dial=f"PJSIP/kamailio/sip:{dialled}@{tenant.domain}",
+        dial=agent_dial(tenant, dialled),
     )

@@ -25,4 +25,6 @@ async def answer_decision(session: AGISession, decision: InboundDecision) -> Non
     if decision.agent:
         await session.set_variable("OMNICC_AGENT", decision.agent)
         await session.set_variable("OMNICC_DIAL", decision.dial)
+    if decision.queue:
+        await session.set_variable("OMNICC_QUEUE", decision.queue)
     await session.set_variable("OMNICC_STATUS", "OK")
