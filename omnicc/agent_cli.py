@@ -31,7 +31,8 @@ def add_agent_commands(subparsers: argparse._SubParsersAction) -> None:
             sub.add_argument("--reason", default="break", help="why (default: break)")
         if name == "logout":
             sub.add_argument("--force", action="store_true",
-                             help="a supervisor's logout: ends the agent's call")
+                             help="a supervisor's logout of an agent on a call: the ACD closes "
+                                  "the call's record (Asterisk's call itself goes on)")
         sub.set_defaults(func=cmd_agent, action=name)
 
 

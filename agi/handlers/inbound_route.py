@@ -1,9 +1,9 @@
 """`inbound_route?did=&tenant=&trunk=`: where does a call to this DID go?
 
-Sets OMNICC_DEST (agent | hangup), OMNICC_AGENT and OMNICC_DIAL for agent destinations,
-and OMNICC_STATUS (OK, or ERROR so the dialplan takes the failover path, with
-OMNICC_CAUSE the Q.850 cause to hang up with). Every decision
-is appended to the tenant's event stream.
+Sets OMNICC_DEST (agent | queue | hangup), OMNICC_AGENT and OMNICC_DIAL for agent
+destinations, OMNICC_QUEUE for queue destinations, and OMNICC_STATUS (OK, or ERROR so the
+dialplan takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang up with).
+Every decision is appended to the tenant's event stream.
 """
 
 from __future__ import annotations
