@@ -36,6 +36,7 @@ INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk", "X-Omnicc-Agent")
 DISPATCHER_SET = 1
 DISPATCHER_ROUND_ROBIN = 4
 ASTERISK_SILENCE_TIMEOUT_MS = 3000
+REG_SAVE_NO_REPLY = 0x02  # save() flag: the script sends the reply (reg_send_reply)
 AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
 ASTERISK_RING_TIMEOUT_MS = 120000
 
@@ -194,10 +195,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         # An agent behind NAT: register the address it came from, not the one it wrote.
         if KSR.nathelper.nat_uac_test(19) > 0:
             KSR.nathelper.fix_nated_register()
-        if KSR.registrar.save("location", 0) < 0:
+        # Saved without its reply; the ACD hears of the binding first, so whoever sees the
+        # 200 OK also sees the agent reachable (or, for Expires: 0, gone).
+        if KSR.registrar.save("location", REG_SAVE_NO_REPLY) < 0:
             KSR.sl.sl_reply_error()
             return
         self.publish_reachability(identity)
+        KSR.registrar.reg_send_reply()
 
     def publish_reachability(self, identity):
         """Tell the ACD the agent's phone is reachable, for as long as its binding lives

@@ -393,6 +393,9 @@ class FakeRegistrar(_Part):
     def save(self, table: str, flags: int) -> int:
         return self._call("save", table, flags, result=1)
 
+    def reg_send_reply(self) -> int:
+        return self._call("reg_send_reply", result=1)
+
     def lookup(self, table: str) -> int:
         return self._call("lookup", table, result=1)
 

@@ -37,6 +37,8 @@ from omnicc.tokens import generate_signing_key, mint_agent_token
 from tests.unit.fake_redis import FakeRedis
 from tests.unit.ksr_stub import Credentials, FakeKSR, SipRequest, bind, kemi_script_loaded
 
+REG_SAVE_NO_REPLY = 0x02  # kemi/omnicc_kemi.py: save() without its reply
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEMI_SCRIPT = REPO_ROOT / "kemi" / "omnicc_kemi.py"
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "omnicc.yaml"
@@ -459,7 +461,7 @@ def test_register_with_good_credentials_is_saved(worker: Worker) -> None:
     fake = worker.route(register(credentials=good_credentials()))
     # checks=0: the digest user is matched to the AOR by omnicc (digest_password).
     assert fake.calls_to("auth.pv_auth_check") == [(DOMAIN, AGENT_PASSWORD, 0, 0)]
-    assert fake.calls_to("registrar.save") == [("location", 0)]
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
     # Credentials end here: removed before the contact is saved (nothing forwards them).
     assert fake.index_of("hdr.remove", "Authorization") < fake.index_of("registrar.save")
     assert fake.replies == []  # save() sends the 200 itself
@@ -539,7 +541,7 @@ def test_ephemeral_digest_credentials_are_checked_against_their_hmac(
     # $aU (the whole EXPIRY:EXT username), not $au, names the credential.
     assert ("$aU",) in fake.calls_to("pv.get")
     assert fake.calls_to("auth.pv_auth_check") == [(DOMAIN, credentials.password, 0, 0)]
-    assert fake.calls_to("registrar.save") == [("location", 0)]
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
     assert fake.challenges == []
 
 
@@ -594,7 +596,7 @@ def test_ephemeral_credentials_with_a_wrong_password_are_refused(
 
 def test_register_with_a_valid_bearer_token_is_saved(worker: Worker, secrets: Secrets) -> None:
     fake = worker.route(with_bearer(register(), secrets.token(AGENT)))
-    assert fake.calls_to("registrar.save") == [("location", 0)]
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
     assert fake.index_of("hdr.remove", "Authorization") < fake.index_of("registrar.save")
     assert "auth.pv_auth_check" not in fake.names()  # no digest arithmetic for a bearer
     assert fake.challenges == [] and fake.replies == []
@@ -604,7 +606,7 @@ def test_register_with_a_valid_bearer_token_is_saved(worker: Worker, secrets: Se
 def test_a_bearer_token_is_accepted_case_insensitively(worker: Worker, secrets: Secrets) -> None:
     request = register(headers=[("Authorization", f"bearer {secrets.token(AGENT)}")])
     fake = worker.route(request)
-    assert fake.calls_to("registrar.save") == [("location", 0)]
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
 
 
 @pytest.mark.parametrize("header", ["Proxy-Authorization", "Authorization"])
@@ -842,7 +844,7 @@ def test_redis_failing_in_screening_is_logged_and_the_request_still_served(
 ) -> None:
     worker.redis.fail("evalsha", "set")
     fake = worker.route(with_bearer(register(), secrets.token()))
-    assert fake.calls_to("registrar.save") == [("location", 0)]
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
     screening, reachability = (logged[0] for logged in fake.calls_to("err"))
     assert "ban list unavailable" in screening and "Redis went away" in screening
     # The registration stands; only the ACD's view of it could not be written.
@@ -1345,3 +1347,11 @@ def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
     fake = worker.route(invite_from_asterisk())
     assert fake.replies == [(480, "Temporarily Unavailable")]
     assert not fake.relayed
+
+
+def test_a_registration_is_published_to_the_acd_before_it_is_answered(worker: Worker) -> None:
+    # Whoever gets the 200 OK must already see the agent reachable (or gone).
+    fake = worker.route(register(credentials=good_credentials()))
+    names = fake.names()
+    assert names.index("registrar.save") < names.index("registrar.reg_send_reply")
+    assert "set" in worker.redis.commands  # the reachability key, written before the reply
