@@ -1,0 +1,1290 @@
+"""Authenticated REGISTER/s at zero failures: omnicc's Kamailio (KEMI, Python) beside a plain
+native kamailio.cfg doing digest against an htable, same Kamailio binary, same run.
+
+Sides (each a real Kamailio 5.6 with 4 UDP workers, driven by SIPp on loopback):
+
+- omnicc-bearer: omnicc's Kamailio, ``Authorization: Bearer <EdDSA JWT>`` in the first
+  REGISTER (one transaction); each agent reuses its token, as a phone re-registering does,
+  so the workers' token caches answer after the first REGISTER of each agent.
+- omnicc-bearer-new: the same, but every REGISTER carries a token never seen before, so
+  every one is a cache miss and costs a signature verification.
+- omnicc-digest: omnicc's Kamailio, digest with the static passwords of the config
+  (REGISTER, 401 challenge, REGISTER with credentials: two transactions).
+- omnicc-ephemeral: the same with time-limited credentials (username ``EXPIRY:EXT``,
+  password an HMAC of it), as ``omnicc token digest`` mints them.
+- native-memory: bench/native_register_auth.cfg.j2, digest against an htable, then
+  save("location") with usrloc in shared memory only (db_mode 0).
+- native-redis: the same cfg with usrloc db_mode 3 over db_redis, as omnicc keeps its
+  registrar: the like-for-like baseline.
+
+omnicc's Kamailio is started by omnicc.stack (rendered from kamailio.cfg.j2, KEMI script
+kemi/omnicc_kemi.py). Its config raises security.flood_requests to 1,000,000: every
+request of the benchmark comes from 127.0.0.1, which the default (200 in 2 s) would ban.
+
+Each side steps its rate up (``-r RATE -rp 1000``, ``--seconds`` per step; sides are
+interleaved per step so a busy moment of the machine hits all of them) and stops at the
+first rate where a failed call or an achieved rate more than ``--max-shortfall`` below the
+target happened in each of ``--attempts`` runs (other jobs share the machine, so a failing
+step is run again). Its result is the highest rate it passed. A registration (one SIPp
+call) counts when it ends in 200 OK: for digest that is two REGISTER transactions, for
+bearer one. Kamailio's CPU (all its processes, from /proc), Redis's, SIPp's and other
+processes' are recorded per step, and so are warnings and errors in Kamailio's log.
+
+    .venv/bin/python bench/register_auth.py [--rates R ...] [--seconds S] [--write-doc]
+
+Everything runs on loopback in a temporary directory; every service is stopped at the end.
+Exit status 1 if the run could not measure every side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import redis
+
+from omnicc.auth_secrets import (
+    ensure_local_secrets,
+    read_digest_secret,
+    read_signing_key,
+)
+from omnicc.config import OmniccConfig, load_config
+from omnicc.ephemeral import mint_credentials, tenant_secret
+from omnicc.render import DB_REDIS_SCHEMA, REGISTRAR_REDIS_DB
+from omnicc.sipprobe import sip_options_ping
+from omnicc.stack import KamailioService, Stack
+from omnicc.tokens import mint_agent_token
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO_ROOT / "bench"
+SCENARIO_DIR = BENCH_DIR / "sipp"
+NATIVE_TEMPLATE = "native_register_auth.cfg.j2"
+DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+
+HOST = "127.0.0.1"
+TENANT = "default"
+DOMAIN = "bench.omnicc.test"
+FIRST_EXTENSION = 1000
+DEFAULT_AGENTS = 200
+# Kamailio workers: omnicc.render's default for omnicc, and the same for native.
+CHILDREN = 4
+REGISTER_EXPIRES = 3600
+# The native db_redis registrar's database on the shared Redis: the one after omnicc's,
+# so the two registrars never share a key.
+NATIVE_REGISTRAR_DB = REGISTRAR_REDIS_DB + 1
+
+DEFAULT_RATES = (200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000,
+                 5000, 6000, 8000, 10000)
+DEFAULT_SECONDS = 10.0
+# Other jobs share the machine: a step that fails is run once more before its side stops.
+DEFAULT_ATTEMPTS = 2
+DEFAULT_MAX_SHORTFALL = 0.05
+WARMUP_RATE = 200
+# A call whose next message does not come within this is failed by SIPp (it has
+# retransmitted its REGISTER every 500 ms by then).
+RECV_TIMEOUT_MS = 5000
+RTT_BATCH = 200
+
+# The issue's targets.
+TARGET_RATIO = 0.8
+TARGET_RATE = 2000
+
+OMNICC_BEARER = "omnicc-bearer"
+OMNICC_BEARER_NEW = "omnicc-bearer-new"
+OMNICC_DIGEST = "omnicc-digest"
+OMNICC_EPHEMERAL = "omnicc-ephemeral"
+NATIVE_MEMORY = "native-memory"
+NATIVE_REDIS = "native-redis"
+ALL_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_DIGEST, OMNICC_EPHEMERAL,
+             NATIVE_MEMORY, NATIVE_REDIS)
+OMNICC_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_DIGEST, OMNICC_EPHEMERAL)
+NATIVE_SIDES = (NATIVE_MEMORY, NATIVE_REDIS)
+
+SIDE_DESCRIPTIONS = {
+    OMNICC_BEARER: "omnicc, bearer JWT (EdDSA), each agent reusing its token",
+    OMNICC_BEARER_NEW: "omnicc, bearer JWT (EdDSA), a new token every REGISTER",
+    OMNICC_DIGEST: "omnicc, digest, static passwords from the config",
+    OMNICC_EPHEMERAL: "omnicc, digest, ephemeral credentials (EXPIRY:EXT, HMAC password)",
+    NATIVE_MEMORY: "native kamailio.cfg, digest against htable, usrloc in memory (db_mode 0)",
+    NATIVE_REDIS: "native kamailio.cfg, digest against htable, usrloc db_redis (db_mode 3)",
+}
+BEARER_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW)
+
+DOC_BEGIN = "<!-- bench/register_auth.py: begin (generated by --write-doc) -->"
+DOC_END = "<!-- bench/register_auth.py: end -->"
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------- agents
+
+
+@dataclass(frozen=True)
+class Agent:
+    extension: str
+    password: str
+
+
+def make_agents(count: int) -> list[Agent]:
+    return [Agent(str(FIRST_EXTENSION + index), secrets.token_urlsafe(12))
+            for index in range(count)]
+
+
+def omnicc_config_text(agents: Sequence[Agent], ports: dict[str, int]) -> str:
+    agent_lines = "".join(
+        f'      - {{extension: "{agent.extension}", password: "{agent.password}"}}\n'
+        for agent in agents)
+    return (
+        "# bench/register_auth.py: omnicc's side of the benchmark (written per run).\n"
+        "node: bench-register\n"
+        "services:\n"
+        f"  listen: {HOST}\n"
+        + "".join(f"  {name}: {{port: {port}}}\n" for name, port in ports.items())
+        + "security:\n"
+        "  # All the load comes from one address (SIPp on 127.0.0.1); the default limit\n"
+        "  # (200 requests in 2 s) would ban it within the first step.\n"
+        "  flood_requests: 1000000\n"
+        "tenants:\n"
+        f"  - name: {TENANT}\n"
+        f"    domain: {DOMAIN}\n"
+        "    agents:\n"
+        + agent_lines
+    )
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free for both UDP and TCP on loopback right now, all different."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.bind((HOST, 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held += [tcp, udp]
+            try:
+                udp.bind((HOST, port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after "pid (comm)"; index 0 is the state."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = process_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU of every live process of a process group (a Kamailio and its
+    workers). Workers live as long as Kamailio, so deltas over a step are exact."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = process_stat(int(entry.name))
+        if fields and int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def process_busy_seconds() -> float:
+    """CPU time processes have used since boot (user, nice, system, steal), summed over
+    CPUs. Interrupt time is left out: on loopback it is mostly the benchmark's packets."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + steal) / CLOCK_TICKS
+
+
+def udp_receive_errors() -> int:
+    """Datagrams the kernel dropped system-wide because a socket's buffer was full."""
+    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Udp:")]
+    counters = dict(zip(rows[0][1:], rows[1][1:], strict=True))
+    return int(counters.get("RcvbufErrors", 0))
+
+
+@dataclass
+class Server:
+    """A service of the benchmark: its process group, port and log."""
+
+    name: str
+    pgid: int
+    port: int
+    log: Path
+
+
+def stop_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGTERM to the process group, SIGKILL if it lingers."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def redis_server(workdir: Path, port: int) -> Iterator[Server]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not on PATH (Debian package: redis-server)")
+    log = workdir / "redis.log"
+    command = [binary, "--port", str(port), "--bind", HOST, "--save", "",
+               "--appendonly", "no", "--dir", str(workdir)]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        with redis.Redis(host=HOST, port=port) as client:
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(
+                            f"redis-server did not start:\n{log_tail(log)}") from None
+                    time.sleep(0.05)
+        yield Server("redis-server", process.pid, port, log)
+    finally:
+        stop_group(process.pid)
+        process.wait()
+
+
+@contextmanager
+def omnicc_kamailio(stack: Stack) -> Iterator[Server]:
+    """omnicc's Kamailio as the local stack starts it (render, secrets, KEMI, env)."""
+    for directory in (stack.etc_dir, stack.log_dir, stack.run_dir, stack.data_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    service = next(s for s in stack.services if isinstance(s, KamailioService))
+    service.start(progress=lambda line: print(line, flush=True))
+    try:
+        pid = service.pid()
+        if pid is None:
+            raise SystemExit(f"omnicc's Kamailio is not running:\n{log_tail(service.log_file)}")
+        yield Server("omnicc kamailio", pid, stack.config.services.kamailio.port,
+                     service.log_file)
+    finally:
+        service.stop(progress=lambda line: print(line, flush=True))
+
+
+def render_native_cfg(out: Path, *, usrloc_mode: str, port: int, agents: Sequence[Agent],
+                      registrar_db_url: str) -> None:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(BENCH_DIR)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    text = env.get_template(NATIVE_TEMPLATE).render(
+        listen=HOST, port=port, domain=DOMAIN, children=CHILDREN,
+        tcp_children=max(2, CHILDREN // 2), usrloc_mode=usrloc_mode, agents=agents,
+        db_redis_schema=DB_REDIS_SCHEMA, registrar_db_url=registrar_db_url,
+        decoy_password=secrets.token_urlsafe(24),
+    )
+    out.write_text(text)
+
+
+@contextmanager
+def native_kamailio(workdir: Path, *, usrloc_mode: str, port: int, agents: Sequence[Agent],
+                    redis_port: int) -> Iterator[Server]:
+    directory = workdir / f"native-{usrloc_mode}"
+    directory.mkdir()
+    cfg = directory / "kamailio.cfg"
+    render_native_cfg(cfg, usrloc_mode=usrloc_mode, port=port, agents=agents,
+                      registrar_db_url=f"redis://{HOST}:{redis_port}/{NATIVE_REGISTRAR_DB}")
+    log = directory / "kamailio.log"
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    # The same memory sizes as omnicc.stack gives omnicc's Kamailio.
+    command = [binary, "-f", str(cfg), "-Y", str(directory), "-DD", "-E",
+               "-m", "128", "-M", "16"]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=directory, stdin=subprocess.DEVNULL,
+                                   stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        # Any answer to OPTIONS will do (this cfg answers 405): it is serving.
+        while not sip_options_ping(HOST, port, timeout=0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"native Kamailio ({usrloc_mode}) did not start:\n"
+                                 f"{log_tail(log)}")
+        print(f"  native Kamailio ({usrloc_mode}) pid {process.pid} on {port}", flush=True)
+        yield Server(f"native kamailio ({usrloc_mode})", process.pid, port, log)
+    finally:
+        stop_group(process.pid)
+        process.wait()
+
+
+class LogWatch:
+    """New lines a service wrote to its log since the last look."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = path.stat().st_size if path.exists() else 0
+
+    def new_lines(self) -> list[str]:
+        with self._path.open("rb") as log:
+            log.seek(self._offset)
+            data = log.read()
+        self._offset += len(data)
+        return data.decode(errors="replace").splitlines()
+
+
+# " 3(7150) ERROR: {1 2 REGISTER 4-7236@127.0.0.1} <core> [core/x.c:12]: f(): text"
+_KAMAILIO_RECORD = re.compile(
+    r"^\s*\d+\(\d+\)\s+(?P<level>[A-Z]+):\s*(?:\{[^}]*\}\s*)?(?P<text>.*)$")
+_PROBLEM_LEVELS = ("WARNING", "ERROR", "CRITICAL", "ALERT", "BUG")
+
+
+def kamailio_log_problems(lines: Sequence[str]) -> Counter[str]:
+    """Warnings and errors (and omnicc's own KEMI messages, e.g. a failed authentication),
+    grouped: numbers become N, so a thousand alike lines are one entry."""
+    problems: Counter[str] = Counter()
+    for line in lines:
+        record = _KAMAILIO_RECORD.match(line)
+        if record is None:
+            continue
+        text = record["text"]
+        if record["level"] in _PROBLEM_LEVELS or "omnicc:" in text:
+            text = re.sub(r"\d+", "N", text)[:240]
+            problems[f"{record['level']}: {text}"] += 1
+    return problems
+
+
+# ---------------------------------------------------------------------------- SIPp
+
+
+@dataclass
+class SippOutcome:
+    successful: int
+    failed: int
+    retransmissions: int
+    elapsed: float  # wall seconds from SIPp's start to its exit
+    cpu: float  # SIPp's own user+system seconds
+    latencies_ms: list[float]  # per successful registration, sorted
+    returncode: int
+    failure_kinds: Counter[str]  # SIPp's Failed...(C) counters that are not zero
+    errors: Counter[str]  # SIPp's error log (it does not log every failure), grouped
+
+
+def last_stats_row(path: Path) -> dict[str, str]:
+    try:
+        with path.open(newline="") as stats:
+            rows = list(csv.reader(stats, delimiter=";"))
+    except FileNotFoundError:
+        return {}
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def read_latencies(directory: Path) -> list[float]:
+    """Registration times (first REGISTER sent to its 200 received), from SIPp's rtt files:
+    lines "date_ms;response_time_ms;rtd_name"."""
+    values: list[float] = []
+    for path in directory.glob("*_rtt.csv"):
+        for line in path.read_text().splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                try:
+                    values.append(float(parts[1]))
+                except ValueError:
+                    continue
+    return sorted(values)
+
+
+# An event of SIPp's error log: "2026-11-26<TAB>15:31:25.88<TAB>1795707085.88: text", where
+# the text may run over several lines and the next event may follow on the same line.
+_SIPP_EVENT = re.compile(r"\d{4}-\d\d-\d\d\t[\d:.]+\t[\d.]+: ([^\n]*?)(?=\d{4}-\d\d-\d\d\t|\n|$)")
+
+
+def grouped_sipp_errors(path: Path) -> Counter[str]:
+    """SIPp's error log, one entry per kind (first line of each event, numbers as N).
+    A late copy of a 200 for a call already done ("Dead call ... (successful)") is left
+    out: SIPp retransmitted, both copies were answered, nothing failed."""
+    errors: Counter[str] = Counter()
+    if not path.exists():
+        return errors
+    for match in _SIPP_EVENT.finditer(path.read_text(errors="replace")):
+        text = match.group(1)
+        if "(successful)" in text:
+            continue
+        text = re.sub(r"[\w.-]+@[\d.]+", "CALL-ID", text)
+        errors[re.sub(r"\d+", "N", text)[:200]] += 1
+    return errors
+
+
+def failure_kinds(stats: dict[str, str]) -> Counter[str]:
+    """Why SIPp failed calls, from its cumulative counters (FailedTimeoutOnRecv, ...)."""
+    kinds: Counter[str] = Counter()
+    for name, value in stats.items():
+        if (name.startswith("Failed") and name.endswith("(C)") and name != "FailedCall(C)"
+                and value.isdigit() and int(value)):
+            kinds[name.removesuffix("(C)")] = int(value)
+    return kinds
+
+
+def run_sipp(directory: Path, *, port: int, scenario: Path, injection: Path, rate: int,
+             calls: int, local_port: int) -> SippOutcome:
+    directory.mkdir(parents=True)
+    binary = shutil.which("sipp")
+    if binary is None:
+        raise SystemExit("sipp is not on PATH (Debian package: sip-tester)")
+    command = [
+        binary, f"{HOST}:{port}", "-sf", str(scenario), "-inf", str(injection),
+        "-key", "domain", DOMAIN, "-key", "expires", str(REGISTER_EXPIRES),
+        "-i", HOST, "-p", str(local_port), "-r", str(rate), "-rp", "1000", "-m", str(calls),
+        # At most one second of calls open at a time: if the server falls behind, SIPp
+        # slows down and the achieved rate shows it.
+        "-l", str(max(100, rate)),
+        "-recv_timeout", str(RECV_TIMEOUT_MS), "-timeout", f"{int(calls / rate) + 60}s",
+        "-nostdin", "-trace_stat", "-stf", "stats.csv", "-fd", "1",
+        # -nd: a failed call just fails (no BYE or CANCEL sent to clean it up).
+        "-nd", "-trace_err", "-error_file", "errors.log",
+        # Registration times are written every RTT_BATCH calls (the last partial batch
+        # is not): enough of a sample for p50 and p99.
+        "-trace_rtt", "-rtt_freq", str(RTT_BATCH),
+    ]
+    started = time.perf_counter()
+    with (directory / "sipp.out").open("wb") as out:
+        process = subprocess.Popen(command, cwd=directory, stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    # wait4: SIPp's own CPU time comes with its exit status.
+    _pid, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stats = last_stats_row(directory / "stats.csv")
+
+    def counter(name: str) -> int:
+        return int(stats.get(name) or 0)
+
+    return SippOutcome(
+        successful=counter("SuccessfulCall(C)"), failed=counter("FailedCall(C)"),
+        retransmissions=counter("Retransmissions(C)"),
+        elapsed=elapsed, cpu=usage.ru_utime + usage.ru_stime,
+        latencies_ms=read_latencies(directory), returncode=process.returncode,
+        failure_kinds=failure_kinds(stats),
+        errors=grouped_sipp_errors(directory / "errors.log"),
+    )
+
+
+# ---------------------------------------------------------------------------- credentials
+
+
+@dataclass
+class Credentials:
+    """What SIPp's injection files are made from."""
+
+    agents: list[Agent]
+    signing_key: bytes
+    kid: str
+    issuer: str
+    digest_secret: bytes  # this tenant's, derived from the shared one
+    # Each agent's own token and ephemeral login, made once: a phone keeps them between
+    # re-registrations, so the workers' token caches know them after the warm-up.
+    kept_tokens: dict[str, str] = field(default_factory=dict)
+    kept_logins: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of_stack(cls, stack: Stack, agents: list[Agent]) -> Credentials:
+        config = stack.config
+        files = ensure_local_secrets(config, stack.config_path, stack.var).files
+        return cls(agents, read_signing_key(files), config.auth.jwt.signing_kid,
+                   config.auth.jwt.issuer, tenant_secret(read_digest_secret(files), TENANT))
+
+    def token(self, extension: str, now: float) -> str:
+        return mint_agent_token(self.signing_key, kid=self.kid, algorithm="EdDSA",
+                                issuer=self.issuer, audience=DOMAIN, subject=extension,
+                                ttl_seconds=4 * 3600, now=now)
+
+    def kept_token(self, extension: str) -> str:
+        if extension not in self.kept_tokens:
+            self.kept_tokens[extension] = self.token(extension, time.time())
+        return self.kept_tokens[extension]
+
+    def kept_login(self, extension: str) -> tuple[str, str]:
+        if extension not in self.kept_logins:
+            self.kept_logins[extension] = mint_credentials(
+                self.digest_secret, extension, ttl_seconds=4 * 3600, now=time.time())
+        return self.kept_logins[extension]
+
+    def write_injection(self, side: str, path: Path, calls: int) -> None:
+        """SIPp's -inf file for a side: a line per agent (or per call), used in order."""
+        lines: list[str] = []
+        if side == OMNICC_BEARER:
+            lines = [f"{a.extension};{self.kept_token(a.extension)}" for a in self.agents]
+        elif side == OMNICC_BEARER_NEW:
+            # One token per call, so no REGISTER finds its token in a worker's cache.
+            now = time.time()
+            lines = [f"{a.extension};{self.token(a.extension, now)}"
+                     for a in (self.agents[i % len(self.agents)] for i in range(calls))]
+        elif side == OMNICC_EPHEMERAL:
+            lines = [digest_line(a.extension, *self.kept_login(a.extension))
+                     for a in self.agents]
+        else:  # static digest, omnicc's or native
+            lines = [digest_line(a.extension, a.extension, a.password) for a in self.agents]
+        path.write_text("SEQUENTIAL\n" + "\n".join(lines) + "\n")
+
+
+def digest_line(extension: str, username: str, password: str) -> str:
+    # The whole [authentication] keyword is injected: SIPp 3.6 mangles a scenario's
+    # [authentication username=[field1] ...], but expands a keyword that a field holds.
+    return f"{extension};[authentication username={username} password={password}]"
+
+
+def scenario_of(side: str) -> Path:
+    name = "register_bearer.xml" if side in BEARER_SIDES else "register_digest.xml"
+    return SCENARIO_DIR / name
+
+
+def requests_per_registration(side: str) -> int:
+    """REGISTER transactions per registration: bearer one; digest the challenge too."""
+    return 1 if side in BEARER_SIDES else 2
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+@dataclass
+class StepResult:
+    side: str
+    rate: int  # the target, registrations/s
+    attempt: int
+    calls: int
+    sipp: SippOutcome
+    kamailio_cpu: float  # seconds, whole process group
+    redis_cpu: float
+    other_cpu: float  # processes not of this benchmark, over the same span
+    udp_drops: int  # system-wide RcvbufErrors during the step
+    redis_commands: int  # commands Redis processed during the step (all clients)
+    log_problems: Counter[str]
+    max_shortfall: float
+
+    @property
+    def achieved(self) -> float:
+        return self.sipp.successful / self.sipp.elapsed if self.sipp.elapsed else 0.0
+
+    @property
+    def failures(self) -> int:
+        # Calls SIPp never finished count as failed too (it was killed or gave up).
+        unfinished = self.calls - self.sipp.successful - self.sipp.failed
+        return self.sipp.failed + max(0, unfinished)
+
+    @property
+    def short(self) -> bool:
+        return self.achieved < (1 - self.max_shortfall) * self.rate
+
+    @property
+    def passed(self) -> bool:
+        return self.failures == 0 and not self.short and self.sipp.returncode == 0
+
+    def core_share(self, seconds: float) -> float:
+        return seconds / self.sipp.elapsed if self.sipp.elapsed else 0.0
+
+    def redis_commands_per_registration(self) -> float:
+        done = self.sipp.successful + self.sipp.failed
+        return self.redis_commands / done if done else float("nan")
+
+    def cpu_ms_per_registration(self) -> float:
+        done = self.sipp.successful + self.sipp.failed
+        return 1000 * self.kamailio_cpu / done if done else float("nan")
+
+    def cpu_ceiling(self) -> float:
+        """Registrations/s this machine could do if nothing else ran on it: its CPUs over
+        the CPU one registration costs Kamailio, Redis and SIPp together."""
+        done = self.sipp.successful + self.sipp.failed
+        spent = self.kamailio_cpu + self.redis_cpu + self.sipp.cpu
+        return len(os.sched_getaffinity(0)) * done / spent if spent else float("nan")
+
+    def latency(self, pct: float) -> float:
+        return percentile(self.sipp.latencies_ms, pct)
+
+    def why_not(self) -> str:
+        reasons = []
+        if self.failures:
+            reasons.append(f"{self.failures} failed")
+        if self.short:
+            reasons.append(f"achieved {self.achieved:.0f}/s")
+        if self.sipp.returncode not in (0, 1) or (self.sipp.returncode and not self.failures):
+            reasons.append(f"sipp exit {self.sipp.returncode}")
+        return ", ".join(reasons)
+
+
+def format_ms(value: float) -> str:
+    """SIPp times registrations in whole milliseconds: 0 means under one."""
+    if value != value:  # NaN: no sample
+        return "-"
+    return "<1" if value < 1 else f"{value:.0f}"
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: a value that was actually measured."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * pct // 100))
+    return sorted_values[int(rank) - 1]
+
+
+@dataclass
+class Bench:
+    workdir: Path
+    redis_server: Server
+    kamailios: dict[str, Server]  # by side
+    credentials: Credentials
+    max_shortfall: float
+    steps_run: int = 0
+    watches: dict[str, LogWatch] = field(default_factory=dict)
+
+    def redis_commands(self) -> int:
+        with redis.Redis(host=HOST, port=self.redis_server.port) as client:
+            return int(client.info("stats")["total_commands_processed"])
+
+    def own_cpu_seconds(self) -> float:
+        """This process, Redis and every Kamailio of the benchmark (idle ones included)."""
+        return (time.process_time() + cpu_seconds(self.redis_server.pgid)
+                + sum(group_cpu_seconds(pgid)
+                      for pgid in {server.pgid for server in self.kamailios.values()}))
+
+    def run_step(self, side: str, rate: int, seconds: float, attempt: int = 1) -> StepResult:
+        self.steps_run += 1
+        calls = max(1, round(rate * seconds))
+        kamailio = self.kamailios[side]
+        directory = self.workdir / "steps" / f"{self.steps_run:03d}-{side}-{rate}"
+        injection = self.workdir / f"{side}.csv"
+        self.credentials.write_injection(side, injection, calls)
+        watch = self.watches.setdefault(kamailio.log.as_posix(), LogWatch(kamailio.log))
+        watch.new_lines()
+        local_port = free_ports(1)[0]
+        before_kamailio = group_cpu_seconds(kamailio.pgid)
+        before_redis = cpu_seconds(self.redis_server.pgid)
+        before_ours = self.own_cpu_seconds()
+        before_busy = process_busy_seconds()
+        before_drops = udp_receive_errors()
+        before_commands = self.redis_commands()
+        outcome = run_sipp(directory, port=kamailio.port, scenario=scenario_of(side),
+                           injection=injection, rate=rate, calls=calls, local_port=local_port)
+        kamailio_cpu = group_cpu_seconds(kamailio.pgid) - before_kamailio
+        redis_cpu = cpu_seconds(self.redis_server.pgid) - before_redis
+        ours = self.own_cpu_seconds() - before_ours + outcome.cpu
+        other = max(0.0, process_busy_seconds() - before_busy - ours)
+        return StepResult(
+            side=side, rate=rate, attempt=attempt, calls=calls, sipp=outcome,
+            kamailio_cpu=kamailio_cpu,
+            redis_cpu=redis_cpu, other_cpu=other,
+            udp_drops=udp_receive_errors() - before_drops,
+            redis_commands=self.redis_commands() - before_commands,
+            log_problems=kamailio_log_problems(watch.new_lines()),
+            max_shortfall=self.max_shortfall,
+        )
+
+
+def describe_step(step: StepResult) -> str:
+    text = (
+        f"{step.sipp.successful}/{step.calls} in {step.sipp.elapsed:.1f} s = "
+        f"{step.achieved:.0f}/s, p50 {format_ms(step.latency(50))} ms, "
+        f"p99 {format_ms(step.latency(99))} ms, "
+        f"kamailio {100 * step.core_share(step.kamailio_cpu):.0f}% "
+        f"({step.cpu_ms_per_registration():.2f} ms/reg), "
+        f"redis {100 * step.core_share(step.redis_cpu):.0f}%, "
+        f"sipp {100 * step.core_share(step.sipp.cpu):.0f}%, "
+        f"redis commands/reg {step.redis_commands_per_registration():.1f}, "
+        f"other {100 * step.core_share(step.other_cpu):.0f}%, "
+        f"retrans {step.sipp.retransmissions}"
+    )
+    if step.udp_drops:
+        text += f", UDP drops {step.udp_drops}"
+    return text + ("" if step.passed else f"  -> STOP ({step.why_not()})")
+
+
+def print_step_problems(step: StepResult) -> None:
+    if step.sipp.failure_kinds:
+        print("      sipp failures: " + ", ".join(
+            f"{count} {kind}" for kind, count in step.sipp.failure_kinds.most_common()))
+    for problem, count in step.sipp.errors.most_common(3):
+        print(f"      sipp x{count}: {problem}")
+    for problem, count in step.log_problems.most_common(5):
+        print(f"      kamailio log x{count}: {problem}")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class SideResult:
+    side: str
+    steps: list[StepResult]
+
+    def _by_rate(self) -> list[list[StepResult]]:
+        rates = sorted({step.rate for step in self.steps})
+        return [[step for step in self.steps if step.rate == rate] for rate in rates]
+
+    @property
+    def best(self) -> StepResult | None:
+        """The passed attempt of the highest rate passed before the first rate that no
+        attempt passed."""
+        best = None
+        for attempts in self._by_rate():
+            passed = next((step for step in attempts if step.passed), None)
+            if passed is None:
+                break
+            best = passed
+        return best
+
+    @property
+    def stopped_by(self) -> StepResult | None:
+        """The last failed attempt at the rate that ended this side, if one did."""
+        for attempts in self._by_rate():
+            if not any(step.passed for step in attempts):
+                return attempts[-1]
+        return None
+
+    @property
+    def max_rate(self) -> int:
+        best = self.best
+        return best.rate if best else 0
+
+    @property
+    def log_problems(self) -> Counter[str]:
+        return sum((step.log_problems for step in self.steps), Counter())
+
+
+def ratio(results: dict[str, SideResult], side: str, baseline: str) -> float | None:
+    if side not in results or baseline not in results or not results[baseline].max_rate:
+        return None
+    return results[side].max_rate / results[baseline].max_rate
+
+
+def print_summary(results: dict[str, SideResult], rates: Sequence[int]) -> None:
+    header = (f"{'side':18} {'max reg/s':>9} {'REGISTER/s':>10} {'kam CPU':>8} "
+              f"{'ms/reg':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs redis':>8} {'vs mem':>7}  "
+              "stopped by")
+    print("\nResults (highest step passed with zero failures; CPU at that step):")
+    print(header)
+    print("-" * len(header))
+    for side, result in results.items():
+        best = result.best
+        stop = result.stopped_by
+        stopped = (f"{stop.rate}/s: {stop.why_not()}" if stop
+                   else f"passed every step up to {rates[-1]}/s")
+        vs_redis = ratio(results, side, NATIVE_REDIS)
+        vs_memory = ratio(results, side, NATIVE_MEMORY)
+        if best is None:
+            print(f"{side:18} {'<' + str(rates[0]):>9} {'-':>10} {'':>8} {'':>7} {'':>7} "
+                  f"{'':>7} {'':>8} {'':>7}  {stopped}")
+            continue
+        print(f"{side:18} {best.rate:>9} {best.rate * requests_per_registration(side):>10} "
+              f"{100 * best.core_share(best.kamailio_cpu):>7.0f}% "
+              f"{best.cpu_ms_per_registration():>7.2f} {format_ms(best.latency(50)):>7} "
+              f"{format_ms(best.latency(99)):>7} {format_ratio(vs_redis):>8} "
+              f"{format_ratio(vs_memory):>7}  {stopped}")
+
+
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# ---------------------------------------------------------------------------- the doc
+
+
+def machine_facts(revision: str) -> dict[str, str]:
+    cpu_model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    try:
+        debian = Path("/etc/debian_version").read_text().strip()
+    except OSError:
+        debian = "not Debian"
+
+    def version_of(command: list[str], pattern: str) -> str:
+        try:
+            output = subprocess.run(command, capture_output=True, text=True,
+                                    check=False, timeout=10)
+        except OSError:
+            return "?"
+        found = re.search(pattern, output.stdout + output.stderr)
+        return found.group(1) if found else "?"
+
+    return {
+        "omnicc commit": revision,
+        "CPUs (nproc)": str(len(os.sched_getaffinity(0))),
+        "CPU model": cpu_model,
+        "RAM": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "OS": f"Debian {debian}, Linux {platform.release()}",
+        "Kamailio": version_of(["kamailio", "-v"], r"kamailio (\S+)"),
+        "SIPp": version_of(["sipp", "-v"], r"SIPp (v[\w.-]+?)\.?\s"),
+        "redis-server": version_of(["redis-server", "--version"], r"v=(\S+)"),
+        "Python (in Kamailio and the bench)": platform.python_version(),
+    }
+
+
+def omnicc_revision() -> str:
+    """The commit measured, and whether the code Kamailio runs had uncommitted changes."""
+    def git(*arguments: str) -> str:
+        try:
+            return subprocess.run(["git", *arguments], cwd=REPO_ROOT, capture_output=True,
+                                  text=True, check=False, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "kemi", "omnicc",
+                  "kamailio.cfg.j2")
+    return commit + (" (with uncommitted changes in kemi/, omnicc/ or kamailio.cfg.j2)"
+                     if changed else "")
+
+
+def other_load_note(results: dict[str, SideResult]) -> str:
+    steps = [step for result in results.values() for step in result.steps]
+    cpus = len(os.sched_getaffinity(0))
+    shares = [step.core_share(step.other_cpu) / cpus for step in steps if step.sipp.elapsed]
+    if not shares:
+        return ""
+    return (f"Other processes on the machine (not part of this benchmark) used "
+            f"{100 * statistics.mean(shares):.0f}% of its CPU on average during the steps "
+            f"(up to {100 * max(shares):.0f}% in one step).")
+
+
+def summary_table(results: dict[str, SideResult], rates: Sequence[int]) -> list[str]:
+    rate = common_rate(results)
+    out = [
+        "| side | what | registrations/s (highest step at zero failures) | REGISTER requests/s "
+        "| Kamailio CPU (cores) | p50 / p99 ms | omnicc / native-redis "
+        "| omnicc / native-memory | stopped at "
+        f"| Kamailio CPU ms/registration at {rate}/s "
+        f"| CPU ceiling at {rate}/s (registrations/s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for side, result in results.items():
+        at_common = step_at(result, rate) if rate is not None else None
+        costs = (f"| {at_common.cpu_ms_per_registration():.2f} | {at_common.cpu_ceiling():.0f} |"
+                 if at_common else "| - | - |")
+        best = result.best
+        stop = result.stopped_by
+        next_step = (f"{stop.rate}/s: {stop.why_not()}" if stop
+                     else f"none (passed every step up to {rates[-1]}/s)")
+        is_omnicc = side in OMNICC_SIDES
+        ratios = [format_ratio(ratio(results, side, NATIVE_REDIS)) if is_omnicc else "",
+                  format_ratio(ratio(results, side, NATIVE_MEMORY)) if is_omnicc else ""]
+        if best is None:
+            out.append(f"| {side} | {SIDE_DESCRIPTIONS[side]} | below {rates[0]} | - | - "
+                       f"| - | {ratios[0]} | {ratios[1]} | {next_step} {costs}")
+            continue
+        out.append(
+            f"| {side} | {SIDE_DESCRIPTIONS[side]} | **{best.rate}** "
+            f"| {best.rate * requests_per_registration(side)} "
+            f"| {best.core_share(best.kamailio_cpu):.2f} "
+            f"| {format_ms(best.latency(50))} / {format_ms(best.latency(99))} "
+            f"| {ratios[0]} | {ratios[1]} | {next_step} {costs}")
+    return out
+
+
+def steps_table(results: dict[str, SideResult]) -> list[str]:
+    out = [
+        "| side | target/s | attempt | registrations | failed | achieved/s | p50 ms | p99 ms "
+        "| retransmissions | UDP drops | Kamailio CPU (cores) | Redis CPU (cores) "
+        "| SIPp CPU (cores) | other processes (cores) | passed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for side, result in results.items():
+        for step in result.steps:
+            out.append(
+                f"| {side} | {step.rate} | {step.attempt} | {step.sipp.successful} "
+                f"| {step.failures} | {step.achieved:.0f} | {format_ms(step.latency(50))} "
+                f"| {format_ms(step.latency(99))} | {step.sipp.retransmissions} "
+                f"| {step.udp_drops} | {step.core_share(step.kamailio_cpu):.2f} "
+                f"| {step.core_share(step.redis_cpu):.2f} | {step.core_share(step.sipp.cpu):.2f} "
+                f"| {step.core_share(step.other_cpu):.2f} "
+                f"| {'yes' if step.passed else 'no: ' + step.why_not()} |")
+    return out
+
+
+def problems_section(results: dict[str, SideResult]) -> list[str]:
+    out: list[str] = []
+    for side, result in results.items():
+        lines: list[str] = []
+        for step in result.steps:
+            if step.sipp.failure_kinds:
+                kinds = ", ".join(f"{count} {kind}"
+                                  for kind, count in step.sipp.failure_kinds.most_common())
+                lines.append(f"  - at {step.rate}/s (attempt {step.attempt}): SIPp failed "
+                             f"{step.failures} call(s): {kinds}")
+            for problem, count in step.sipp.errors.most_common(2):
+                lines.append(f"    - SIPp's error log, {count} x: `{problem}`")
+        for problem, count in result.log_problems.most_common(5):
+            lines.append(f"  - {count} x Kamailio log (all steps): `{problem}`")
+        if lines:
+            out += [f"- {side}:", *lines]
+    return ["", "### Failures and log problems", "", *out] if out else []
+
+
+def verdict_sentences(results: dict[str, SideResult]) -> list[str]:
+    sentences: list[str] = []
+    rate = common_rate(results)
+    baseline = step_at(results[NATIVE_REDIS], rate) if (
+        rate is not None and NATIVE_REDIS in results) else None
+    for side in OMNICC_SIDES:
+        if side not in results:
+            continue
+        rate = results[side].max_rate
+        parts = [f"**{side}**: {rate} registrations/s "
+                 f"({'meets' if rate >= TARGET_RATE else 'misses'} the "
+                 f"{TARGET_RATE}/s target)"]
+        for native in (NATIVE_REDIS, NATIVE_MEMORY):
+            value = ratio(results, side, native)
+            if value is not None:
+                met = "meets" if value >= TARGET_RATIO else "misses"
+                parts.append(f"{value:.2f} x {native} ({met} the {TARGET_RATIO} target)")
+        at_common = step_at(results[side], rate) if rate is not None else None
+        if baseline is not None and at_common is not None:
+            cost = baseline.cpu_ms_per_registration() / at_common.cpu_ms_per_registration()
+            parts.append(f"and at {rate}/s one registration took {1 / cost:.1f} x the "
+                         "Kamailio CPU it took on native-redis (so "
+                         f"{cost:.2f} of native-redis's registrations per CPU second)")
+        sentences.append(", ".join(parts) + ".")
+    for native in NATIVE_SIDES:
+        if native in results and results[native].steps and results[native].stopped_by is None:
+            sentences.append(f"{native} passed every step, so its limit is higher than its "
+                             "figure here and the ratios against it are upper bounds.")
+    return sentences
+
+
+def common_rate(results: dict[str, SideResult]) -> int | None:
+    """The highest rate every side passed: where their costs compare at equal load."""
+    rates = [result.max_rate for result in results.values()]
+    return min(rates) if rates and min(rates) else None
+
+
+def step_at(result: SideResult, rate: int) -> StepResult | None:
+    return next((s for s in result.steps if s.rate == rate and s.passed), None)
+
+
+def interpretation(results: dict[str, SideResult]) -> str:
+    sentences = []
+    rate = common_rate(results)
+    if rate is not None:
+        costs = {side: step_at(result, rate) for side, result in results.items()}
+        listed = ", ".join(f"{side} {step.cpu_ms_per_registration():.2f} ms"
+                           for side, step in costs.items() if step is not None)
+        sentences.append(f"At {rate}/s, which every side passed, one registration cost this "
+                         f"much Kamailio CPU (all its processes): {listed}.")
+        omnicc, native_redis, native_memory = (
+            costs.get(OMNICC_DIGEST), costs.get(NATIVE_REDIS), costs.get(NATIVE_MEMORY))
+        if omnicc and native_redis and native_memory:
+            storage = (native_redis.cpu_ms_per_registration()
+                       - native_memory.cpu_ms_per_registration())
+            python = omnicc.cpu_ms_per_registration() - native_redis.cpu_ms_per_registration()
+            sentences.append(
+                f"So for a digest registration, keeping usrloc in Redis through db_redis "
+                f"(db_mode 3) costs about {storage:.2f} ms of Kamailio CPU over keeping it in "
+                f"memory, and omnicc's Python route about {python:.2f} ms more: the KEMI "
+                "script for both REGISTERs, with its redis-py calls (the flood counter on "
+                "every request, the revocation check, the agent's reachability key).")
+        ceilings = {side: step.cpu_ceiling() for side, step in costs.items() if step}
+        if ceilings:
+            cpus = len(os.sched_getaffinity(0))
+            listed = ", ".join(f"{side} {value:.0f}/s" for side, value in ceilings.items())
+            sentences.append(
+                f"On CPU alone ({cpus} CPUs over what one registration cost Kamailio, Redis "
+                f"and SIPp together at {rate}/s, with nothing else running) this machine "
+                f"could do about: {listed}; the cheap sides do better than that, since at "
+                f"{rate}/s their idle timers weigh on each registration. {TARGET_RATE}/s "
+                f"leaves {1000 * cpus / TARGET_RATE:.1f} ms of CPU per registration for "
+                "Kamailio, Redis and SIPp together.")
+    failed = [result.stopped_by for result in results.values() if result.stopped_by]
+    dropping = [step for step in failed if step.udp_drops]
+    if dropping:
+        sentences.append(
+            "Where a side failed, its Kamailio had fallen behind: the kernel dropped "
+            "requests from full UDP receive buffers (the UDP drops column, a system-wide "
+            "counter), SIPp retransmitted them after 500 ms, and registrations that "
+            "waited too long failed or the achieved rate fell short.")
+    bests = [r.best for r in results.values() if r.best is not None]
+    top = max(bests, key=lambda step: step.rate) if bests else None
+    if top is not None and top.core_share(top.sipp.cpu) >= 0.25:
+        sentences.append(
+            "SIPp, Redis and the Kamailios share the machine: at the highest step any side "
+            f"passed ({top.side}, {top.rate}/s) SIPp itself used "
+            f"{top.core_share(top.sipp.cpu):.2f} of a core, so the highest figures are also "
+            "bounded by the load generator.")
+    return " ".join(sentences)
+
+
+def doc_section(results: dict[str, SideResult], registered: dict[str, int],
+                args: argparse.Namespace, command: str, when: str, revision: str) -> str:
+    registrar_note = ""
+    if registered:
+        registrar_note = (" After the run the db_redis registrars held " + ", ".join(
+            f"{count} AORs ({name})" for name, count in registered.items())
+            + f" for {args.agents} agents.")
+    out = [
+        DOC_BEGIN,
+        "## Authenticated REGISTER/s: omnicc vs a native kamailio.cfg (`bench/register_auth.py`)",
+        "",
+        f"{args.agents} agents ({FIRST_EXTENSION}..{FIRST_EXTENSION + args.agents - 1}) "
+        "re-register over and over through a real Kamailio, driven by one SIPp on loopback "
+        "with an injection file (a line per agent, or per call for `omnicc-bearer-new`). "
+        "omnicc's Kamailio is the one `omnicc.stack` starts (kamailio.cfg.j2 + "
+        "kemi/omnicc_kemi.py, usrloc db_mode 3 over db_redis). The native one is "
+        "`bench/native_register_auth.cfg.j2`: no Python, digest with `pv_auth_check` against "
+        "passwords in an htable, then `save(\"location\")`, with usrloc either in memory "
+        "(native-memory, db_mode 0) or over db_redis like omnicc's (native-redis, db_mode 3, "
+        "the same `keys` layout): native-redis is the like-for-like baseline. Same Kamailio "
+        f"binary, {CHILDREN} UDP workers each, the same memory sizes, one redis-server of the "
+        "benchmark's own (no persistence) for both registrars. omnicc's config raises "
+        "`security.flood_requests` to 1,000,000: all the load comes from 127.0.0.1, which "
+        "the default limit (200 requests in 2 s) would ban; the flood counter still runs on "
+        "every request.",
+        "",
+        "A registration is one SIPp call ending in 200 OK: for digest that is REGISTER, 401, "
+        "REGISTER with credentials, 200 (two REGISTER requests), for bearer one REGISTER "
+        "carrying the token; the REGISTER requests/s column counts both kinds. Each side "
+        f"steps its rate up ({', '.join(map(str, args.rates))}/s, {args.seconds:g} s per "
+        "step, sides interleaved per step) and stops at the first rate with a failed call or "
+        f"an achieved rate more than {100 * args.max_shortfall:g}% below the target in "
+        f"each of {args.attempts} attempt(s) (the machine is shared with other jobs, so a "
+        "failing step is run again before the side stops); its result is the highest rate "
+        "it passed. p50/p99: first REGISTER sent to 200 received, as SIPp times it (whole "
+        "milliseconds)." + registrar_note,
+        "",
+        f"Run {when}. Reproduce with:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in machine_facts(revision).items()),
+        "",
+        "SIPp, Redis and the Kamailios share these CPUs. " + other_load_note(results),
+        "",
+        "### Summary",
+        "",
+        *summary_table(results, args.rates),
+        "",
+        *(f"- {sentence}" for sentence in verdict_sentences(results)),
+        "",
+        "### What the numbers mean",
+        "",
+        interpretation(results),
+        "",
+        "### Every step",
+        "",
+        *steps_table(results),
+        *problems_section(results),
+        DOC_END,
+    ]
+    return "\n".join(out) + "\n"
+
+
+def write_doc(path: Path, section: str) -> None:
+    """Replace this benchmark's section in the doc (or append it), keeping the rest."""
+    text = path.read_text() if path.exists() else "# omnicc benchmarks\n"
+    start, end = text.find(DOC_BEGIN), text.find(DOC_END)
+    if start != -1 and end != -1:
+        text = text[:start] + section + text[end + len(DOC_END):].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Authenticated REGISTER/s at zero failures: omnicc vs native kamailio.cfg.")
+    parser.add_argument("--rates", type=int, nargs="+", default=list(DEFAULT_RATES),
+                        metavar="R", help="target registrations/s of the steps, ascending")
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, metavar="S",
+                        help=f"length of a step (default {DEFAULT_SECONDS:g})")
+    parser.add_argument("--sides", nargs="+", choices=ALL_SIDES, default=list(ALL_SIDES),
+                        help="which sides to run (default all)")
+    parser.add_argument("--agents", type=int, default=DEFAULT_AGENTS, metavar="N",
+                        help=f"agents in the configs (default {DEFAULT_AGENTS})")
+    parser.add_argument("--max-shortfall", type=float, default=DEFAULT_MAX_SHORTFALL,
+                        metavar="F", help="a step whose achieved rate is below (1-F) x target "
+                        f"fails (default {DEFAULT_MAX_SHORTFALL})")
+    parser.add_argument("--attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
+                        help="runs of a failing step before its side stops "
+                        f"(default {DEFAULT_ATTEMPTS})")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="write the results into the doc (see --doc)")
+    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC,
+                        help="default docs/benchmarks.md")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (configs, logs, SIPp traces)")
+    args = parser.parse_args(argv)
+    if sorted(args.rates) != args.rates or any(rate < 1 for rate in args.rates):
+        parser.error("--rates must be positive and ascending")
+    if (not 1 <= args.agents <= 100_000 or args.seconds <= 0
+            or not 0 < args.max_shortfall < 1 or not 1 <= args.attempts <= 5):
+        parser.error("--agents 1..100000, --seconds > 0, 0 < --max-shortfall < 1, "
+                     "--attempts 1..5")
+    if args.rates[-1] * args.seconds > 500_000:
+        parser.error("a step of more than 500,000 registrations: lower --rates or --seconds")
+    args.sides = [side for side in ALL_SIDES if side in args.sides]
+    return args
+
+
+def count_registered(redis_port: int, sides: Sequence[str]) -> dict[str, int]:
+    """AORs each db_redis registrar holds (location:usrdom::USER:DOMAIN sets): after the
+    run, every agent must be there once."""
+    databases = {}
+    if any(side in OMNICC_SIDES for side in sides):
+        databases["omnicc"] = REGISTRAR_REDIS_DB
+    if NATIVE_REDIS in sides:
+        databases[NATIVE_REDIS] = NATIVE_REGISTRAR_DB
+    counts = {}
+    for name, database in databases.items():
+        with redis.Redis(host=HOST, port=redis_port, db=database) as client:
+            counts[name] = sum(1 for _ in client.scan_iter(match="location:usrdom::*",
+                                                           count=1000))
+    return counts
+
+
+def write_omnicc_config(workdir: Path, agents: Sequence[Agent], redis_port: int) -> Path:
+    kamailio_port, asterisk_port, agi_port, postgres_port = free_ports(4)
+    # Only Kamailio and Redis run; the other ports just have to be distinct.
+    ports = {"kamailio": kamailio_port, "asterisk": asterisk_port, "agi": agi_port,
+             "redis": redis_port, "postgres": postgres_port}
+    path = workdir / "omnicc.yaml"
+    path.write_text(omnicc_config_text(agents, ports))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([".venv/bin/python", "bench/register_auth.py",
+                          *(argv if argv is not None else sys.argv[1:])])
+    agents = make_agents(args.agents)
+    # Taken now: Kamailio loads the KEMI script and the omnicc package at start-up.
+    revision = omnicc_revision()
+    workdir = Path(tempfile.mkdtemp(prefix="omnicc-bench-register-"))
+    results: dict[str, SideResult] = {side: SideResult(side, []) for side in args.sides}
+    registered: dict[str, int] = {}
+    problems_seen = False
+    try:
+        with ExitStack() as services:
+            redis_port = free_ports(1)[0]
+            store = services.enter_context(redis_server(workdir, redis_port))
+            print(f"redis-server on port {redis_port}; work directory {workdir}", flush=True)
+            config_path = write_omnicc_config(workdir, agents, redis_port)
+            config: OmniccConfig = load_config(config_path)
+            stack = Stack(config, config_path, workdir / "omnicc-var")
+            kamailios: dict[str, Server] = {}
+            if any(side in OMNICC_SIDES for side in args.sides):
+                omnicc = services.enter_context(omnicc_kamailio(stack))
+                kamailios.update({side: omnicc for side in OMNICC_SIDES})
+            for side, mode in ((NATIVE_MEMORY, "memory"), (NATIVE_REDIS, "redis")):
+                if side in args.sides:
+                    kamailios[side] = services.enter_context(native_kamailio(
+                        workdir, usrloc_mode=mode, port=free_ports(1)[0], agents=agents,
+                        redis_port=redis_port))
+            bench = Bench(workdir, store, kamailios, Credentials.of_stack(stack, agents),
+                          args.max_shortfall)
+            # Warm-up, not counted: every agent registered once on every registrar (so the
+            # steps measure re-registrations), every worker's interpreter and caches warm.
+            for side in args.sides:
+                warm = bench.run_step(side, WARMUP_RATE, 3 * args.agents / WARMUP_RATE)
+                print(f"  warm-up {side}: {describe_step(warm)}", flush=True)
+                if warm.failures:
+                    print_step_problems(warm)
+                    raise SystemExit(f"warm-up of {side} failed; see {workdir}")
+            alive = list(args.sides)
+            for rate in args.rates:
+                for side in list(alive):
+                    for attempt in range(1, args.attempts + 1):
+                        step = bench.run_step(side, rate, args.seconds, attempt)
+                        results[side].steps.append(step)
+                        print(f"  {side} @ {rate}/s (attempt {attempt}): {describe_step(step)}",
+                              flush=True)
+                        print_step_problems(step)
+                        problems_seen |= bool(step.log_problems or step.sipp.errors)
+                        time.sleep(1.0)  # let timers and queues settle between steps
+                        if step.passed:
+                            break
+                    else:
+                        alive.remove(side)
+                if not alive:
+                    break
+            registered = count_registered(redis_port, args.sides)
+            for name, count in registered.items():
+                print(f"  AORs in the {name} registrar (Redis): {count} of {args.agents}")
+    finally:
+        if args.keep or problems_seen:
+            print(f"\nwork directory (logs, SIPp traces) kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_summary(results, args.rates)
+    print()
+    for sentence in verdict_sentences(results):
+        print(sentence.replace("**", ""))
+    print(interpretation(results))
+    if args.write_doc:
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        write_doc(args.doc, doc_section(results, registered, args, command, when, revision))
+        print(f"\nwrote {args.doc}")
+    measured = all(result.steps for result in results.values())
+    return 0 if measured else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
