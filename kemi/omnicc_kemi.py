@@ -25,6 +25,8 @@ from omnicc.config import load_config  # noqa: E402
 from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
+    contact_expires,
+    contact_uri,
     parse_authorization,
     registration_ttl,
 )
@@ -206,11 +208,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     def publish_reachability(self, identity):
         """Tell the ACD the agent's phone is reachable, for as long as its binding lives
         (only a registered agent can be READY)."""
-        ttl = registration_ttl(KSR.pv.get("$hdr(Expires)"),
-                               KSR.pv.get("$(ct{tobody.params}{param.value,expires})"))
+        # The Contact parsed here: Kamailio's pv transformation logs an error for every
+        # Contact without header parameters, which is most of them.
+        contact_header = KSR.pv.get("$ct")
+        ttl = registration_ttl(KSR.pv.get("$hdr(Expires)"), contact_expires(contact_header))
         key = agent_contact(identity.tenant.name, identity.extension)
         try:
-            if ttl == 0 or KSR.pv.get("$ct") == "*":
+            if ttl == 0 or (contact_header or "").strip() == "*":
                 # Unregistered: the ACD takes the agent OFFLINE now (a ringing
                 # reservation is withdrawn), not when matching next meets it.
                 try:
@@ -218,7 +222,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 finally:
                     self.redis.delete(key)  # whatever the ACD said, it is unreachable
             else:
-                contact = KSR.pv.get("$(ct{tobody.uri})") or ""
+                contact = contact_uri(contact_header)
                 self.redis.set(key, f"{self.config.node} {contact}", ex=ttl)
         except Exception:
             KSR.err(f"omnicc: cannot publish reachability: {one_line_traceback()}\n")

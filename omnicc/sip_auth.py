@@ -65,3 +65,25 @@ def registration_ttl(expires_header: str | None, contact_expires: str | None, *,
             seconds = int(text.strip())
             return 0 if seconds == 0 else max(minimum, min(maximum, seconds))
     return default
+
+
+def contact_expires(contact: str | None) -> str | None:
+    """The `expires` parameter of a Contact header value (after the URI), if any."""
+    if not contact or contact.strip() == "*":
+        return None
+    params = contact.split(">", 1)[1] if ">" in contact else contact.split(";", 1)[-1] \
+        if ";" in contact else ""
+    for part in params.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "expires":
+            return value.strip()
+    return None
+
+
+def contact_uri(contact: str | None) -> str:
+    """The URI of a Contact header value (inside <...> when there are brackets)."""
+    if not contact:
+        return ""
+    if "<" in contact and ">" in contact:
+        return contact.split("<", 1)[1].split(">", 1)[0].strip()
+    return contact.split(";", 1)[0].strip()

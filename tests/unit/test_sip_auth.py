@@ -74,3 +74,18 @@ def test_decoy_passwords_are_long_and_never_repeat() -> None:
     decoys = {decoy_password() for _ in range(100)}
     assert len(decoys) == 100
     assert all(len(d) >= 32 for d in decoys)
+
+
+@pytest.mark.parametrize(("contact", "expires"), [
+    ("<sip:1001@198.51.100.7:5062>;expires=120", "120"),
+    ("<sip:1001@198.51.100.7:5062;transport=udp>;q=0.5;Expires=0", "0"),
+    ("<sip:1001@198.51.100.7:5062;expires=99>", None),  # a URI parameter, not the header's
+    ("<sip:1001@198.51.100.7:5062>", None),
+    ("sip:1001@198.51.100.7:5062;expires=60", "60"),
+    ("*", None),
+    (None, None),
+])
+def test_contact_expires(contact: str | None, expires: str | None) -> None:
+    from omnicc.sip_auth import contact_expires
+
+    assert contact_expires(contact) == expires
