@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from benchlib import LogWatch, log_tail, percentile, write_doc_section  # noqa: E402
 
 from agi.testing import default_environment, split_agi_command
 from omnicc.agiprobe import agi_health_check
@@ -219,12 +220,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 def stop_process(process: subprocess.Popen[bytes], *, whole_group: bool = False) -> None:
     """SIGTERM (to its process group if it leads one), then SIGKILL if it lingers."""
@@ -345,20 +340,6 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
-class LogWatch:
-    """New lines a service wrote to its log since the last look."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = path.stat().st_size if path.exists() else 0
-
-    def new_lines(self) -> list[str]:
-        with self._path.open("rb") as log:
-            log.seek(self._offset)
-            data = log.read()
-        self._offset += len(data)
-        return data.decode(errors="replace").splitlines()
-
 
 # A record as agi.app logs it: "2026-01-01 12:00:00,123 ERROR agi.server: message".
 _LOG_RECORD = re.compile(
@@ -455,13 +436,6 @@ class RunResult:
         done = self.ok + self.failures
         return 1000 * seconds / done if done else float("nan")
 
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * pct // 100))  # ceil without float error
-    return sorted_values[int(rank) - 1]
 
 
 @dataclass
@@ -929,23 +903,6 @@ def interpretation(
     return " ".join(sentences)
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace this benchmark's section in the doc (or append it), keeping the rest."""
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = ("# omnicc benchmarks\n\nMeasured by the scripts under `bench/` (see "
-                "`bench/README.md`); each section says the machine and the command that "
-                "produced it.\n")
-    start, end = text.find(DOC_BEGIN), text.find(DOC_END)
-    if start != -1 and end != -1:
-        rest = text[end + len(DOC_END):].lstrip("\n")
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
 
 # ---------------------------------------------------------------------------- main
 
@@ -1055,7 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nFAILED: {failures} session(s) failed; the numbers above are not a clean run.")
     if args.write_doc:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        write_doc(args.doc, doc_section(levels, args.repeat, command, when))
+        write_doc_section(args.doc, DOC_BEGIN, DOC_END,
+                          doc_section(levels, args.repeat, command, when))
         print(f"\nwrote {args.doc}")
     return 1 if failures else 0
 

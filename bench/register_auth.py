@@ -62,6 +62,7 @@ from pathlib import Path
 
 import jinja2
 import redis
+from benchlib import LogWatch, log_tail, percentile, write_doc_section  # noqa: E402
 
 from omnicc.auth_secrets import (
     ensure_local_secrets,
@@ -196,12 +197,6 @@ def free_ports(count: int) -> list[int]:
             sock.close()
     return ports
 
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def process_stat(pid: int) -> list[str] | None:
@@ -365,20 +360,6 @@ def native_kamailio(workdir: Path, *, usrloc_mode: str, port: int, agents: Seque
         stop_group(process.pid)
         process.wait()
 
-
-class LogWatch:
-    """New lines a service wrote to its log since the last look."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._offset = path.stat().st_size if path.exists() else 0
-
-    def new_lines(self) -> list[str]:
-        with self._path.open("rb") as log:
-            log.seek(self._offset)
-            data = log.read()
-        self._offset += len(data)
-        return data.decode(errors="replace").splitlines()
 
 
 # " 3(7150) ERROR: {1 2 REGISTER 4-7236@127.0.0.1} <core> [core/x.c:12]: f(): text"
@@ -667,13 +648,6 @@ def format_ms(value: float) -> str:
         return "-"
     return "<1" if value < 1 else f"{value:.0f}"
 
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, -(-len(sorted_values) * pct // 100))
-    return sorted_values[int(rank) - 1]
 
 
 @dataclass
@@ -1134,16 +1108,6 @@ def doc_section(results: dict[str, SideResult], registered: dict[str, int],
     return "\n".join(out) + "\n"
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace this benchmark's section in the doc (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else "# omnicc benchmarks\n"
-    start, end = text.find(DOC_BEGIN), text.find(DOC_END)
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len(DOC_END):].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
 
 # ---------------------------------------------------------------------------- main
 
@@ -1280,7 +1244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(interpretation(results))
     if args.write_doc:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        write_doc(args.doc, doc_section(results, registered, args, command, when, revision))
+        write_doc_section(args.doc, DOC_BEGIN, DOC_END,
+                          doc_section(results, registered, args, command, when, revision))
         print(f"\nwrote {args.doc}")
     measured = all(result.steps for result in results.values())
     return 0 if measured else 1

@@ -3,6 +3,7 @@ Kamailio) in a temporary directory on free ports, started once per test session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -78,12 +79,14 @@ def make_stack_dir(prefix: str) -> Path:
     return path
 
 
-def write_config(directory: Path, name: str, **overrides: int) -> Path:
+def write_config(directory: Path, name: str, template: str = CONFIG_TEMPLATE,
+                 **overrides: int) -> Path:
+    """omnicc.yaml in `directory` from `template`, every service on a free port."""
     keys = ["kamailio", "asterisk", "agi", "redis", "postgres"]
     ports = dict(zip(keys, free_ports(len(keys)), strict=True))
     ports.update(overrides)
     path = directory / "omnicc.yaml"
-    path.write_text(CONFIG_TEMPLATE.format(name=name, domain=DOMAIN, trunk=TRUNK_IP, **ports))
+    path.write_text(template.format(name=name, domain=DOMAIN, trunk=TRUNK_IP, **ports))
     return path
 
 
@@ -113,10 +116,11 @@ class RunningStack:
                                     decode_responses=True)
 
 
-@pytest.fixture(scope="session")
-def running_stack() -> Iterator[RunningStack]:
-    directory = make_stack_dir("omnicc-it-")
-    config_path = write_config(directory, "main")
+@contextlib.contextmanager
+def stack_up(prefix: str, name: str, template: str = CONFIG_TEMPLATE) -> Iterator[RunningStack]:
+    """A whole stack from `template` in a new directory, up for the block, then down."""
+    directory = make_stack_dir(prefix)
+    config_path = write_config(directory, name, template)
     stack = Stack(load_config(config_path), config_path, directory / "var")
     try:
         stack.up(progress=lambda line: print(line, flush=True))
@@ -125,6 +129,12 @@ def running_stack() -> Iterator[RunningStack]:
         stack.down(progress=lambda _line: None)
         if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def running_stack() -> Iterator[RunningStack]:
+    with stack_up("omnicc-it-", "main") as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ Its own stack (conftest's CONFIG_TEMPLATE has no queue): the config below.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +20,16 @@ import pytest
 
 from omnicc import sipp
 from omnicc.acd import AcdSync
-from omnicc.config import load_config
 from omnicc.events import read_events
 from omnicc.keys import agent_hash
-from omnicc.stack import Stack
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, free_ports, make_stack_dir
+from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
 from .test_first_call import PASSWORDS, agent_online, now_id
 
 pytestmark = pytest.mark.integration
 
 QUEUE_CONFIG = """\
-node: it-queue
+node: it-{name}
 services:
   listen: 127.0.0.1
   kamailio: {{port: {kamailio}}}
@@ -89,19 +85,8 @@ tenants:
 
 @pytest.fixture(scope="module")
 def queue_stack() -> Iterator[RunningStack]:
-    directory = make_stack_dir("omnicc-it-queue-")
-    names = ["kamailio", "asterisk", "agi", "redis", "postgres"]
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
-    path = directory / "omnicc.yaml"
-    path.write_text(QUEUE_CONFIG.format(domain=DOMAIN, trunk=TRUNK_IP, **ports))
-    stack = Stack(load_config(path), path, directory / "var")
-    try:
-        stack.up(progress=lambda line: print(line, flush=True))
-        yield RunningStack(directory, stack)
-    finally:
-        stack.down(progress=lambda _line: None)
-        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
-            shutil.rmtree(directory, ignore_errors=True)
+    with stack_up("omnicc-it-queue-", "queue", QUEUE_CONFIG) as running:
+        yield running
 
 
 def wait_for_events(stack: RunningStack, since: str, names: set[str],
