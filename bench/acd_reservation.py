@@ -98,8 +98,10 @@ PAUSE_REASON = "bench"
 # How long a caller's session may take to see its offer before the sample fails.
 OFFER_TIMEOUT_SECONDS = 5.0
 SETUP_CONCURRENCY = 64
-# SLOWLOG keeps every command of a latency phase (about 15 per READY sample).
-SLOWLOG_MAX_LEN = 200_000
+# SLOWLOG logs every command of a latency phase (about 15 per READY sample); it is read
+# every so many samples: one large read can outlast redis-py's 5 s socket timeout.
+SLOWLOG_MAX_LEN = 20_000
+SLOWLOG_DRAIN_EVERY = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -378,6 +380,7 @@ class SizeRun:
         self.callers = CallerSessions(self.store)
         self.waiting: set[str] = set()  # calls held by a caller session, WAITING or RESERVED
         self._next_call = 0
+        self._slowlog_scripts: tuple[str, ...] = ()
 
     def say(self, text: str) -> None:
         if self.progress:
@@ -461,12 +464,14 @@ class SizeRun:
         last_report = time.perf_counter()
         for index in range(total):
             if index == self.params.warmup:
-                await self.start_slowlog()
+                # The READY phase also enqueues (with no member READY): not what it measures.
+                await self.start_slowlog(("unpause", "hangup"))
             await self.ready_sample(counted=index >= self.params.warmup)
+            await self.between_samples(index)
             if self.progress and time.perf_counter() - last_report > 5:
                 last_report = time.perf_counter()
                 self.say(f"  {index + 1}/{total} samples")
-        await self.read_slowlog(("unpause", "hangup"))
+        await self.stop_slowlog()
         # The callers hang up; every agent becomes READY for the enqueue phase.
         for call in sorted(self.waiting):
             self.check(await self.store.abandon(TENANT, call, "bench_phase_over"),
@@ -544,7 +549,8 @@ class SizeRun:
                  f"{self.params.enqueue_samples} samples ...")
         for index in range(self.params.warmup + self.params.enqueue_samples):
             if index == self.params.warmup:
-                await self.start_slowlog()
+                await self.start_slowlog(("enqueue",))
+            await self.between_samples(index)
             queue = self.rng.choice(self.queues)
             call = self.new_call_id("e")
             started = time.perf_counter()
@@ -559,7 +565,7 @@ class SizeRun:
             if index >= self.params.warmup:
                 self.result.enqueue_reply.append((replied - started) * 1000)
             await self.answer_and_end(call, enqueued.offers[0])
-        await self.read_slowlog(("enqueue",))
+        await self.stop_slowlog()
         s = Summary.of(self.result.enqueue_reply)
         self.say(f"enqueue -> reservation: p50 {s.p50:.2f} ms, p99 {s.p99:.2f} ms")
 
@@ -641,23 +647,32 @@ class SizeRun:
             self.problem(f"the queues counted {answered} answered calls, the benchmark "
                          f"made {self.result.answers}")
 
-    async def start_slowlog(self) -> None:
+    async def start_slowlog(self, scripts: Sequence[str]) -> None:
+        """Logs every command from now on; the times of `scripts` (the ones making the
+        phase's reservations) are kept."""
+        self._slowlog_scripts = tuple(scripts)
         await self.admin.config_set("slowlog-max-len", SLOWLOG_MAX_LEN)
         await self.admin.config_set("slowlog-log-slower-than", 0)
         await self.admin.slowlog_reset()
 
-    async def read_slowlog(self, scripts: Sequence[str]) -> None:
-        """Keeps the times of `scripts`, the ones that made the phase's reservations (the
-        READY phase also enqueues, without a READY member, which is not what it measures)."""
-        await self.admin.config_set("slowlog-log-slower-than", -1)
+    async def between_samples(self, index: int) -> None:
+        counted = index - self.params.warmup + 1
+        if counted > 0 and counted % SLOWLOG_DRAIN_EVERY == 0:
+            await self.drain_slowlog()
+
+    async def drain_slowlog(self) -> None:
         length = await self.admin.slowlog_len()
         entries = await self.admin.slowlog_get(length) if length else []
         await self.admin.slowlog_reset()
         if length >= SLOWLOG_MAX_LEN:
             self.result.slowlog_complete = False
         for name, durations in script_durations(entries, script_shas()).items():
-            if name in scripts:
+            if name in self._slowlog_scripts:
                 self.result.script_us.setdefault(name, []).extend(durations)
+
+    async def stop_slowlog(self) -> None:
+        await self.admin.config_set("slowlog-log-slower-than", -1)
+        await self.drain_slowlog()
 
 
 async def run_size(redis_url: str, size: Size, params: Params, *,
