@@ -122,3 +122,17 @@ def call_leases(tenant: str) -> str:
 def node_offers(tenant: str, node: str) -> str:
     """Pub/sub channel: each reservation of a call held by `node` is published here."""
     return f"{tenant_tag(tenant)}:node:{node}:offers"
+
+
+# ---------------------------------------------------------------------------- routing
+
+
+def blacklist(tenant: str) -> str:
+    """Hash caller number -> reason: the tenant's blacklist (omnicc/blacklist.py)."""
+    return f"{tenant_tag(tenant)}:blacklist"
+
+
+def trunk_channels(tenant: str, trunk: str) -> str:
+    """Sorted set channel id -> the end of its lease (ms): the trunk's channels in use on
+    every Asterisk node (omnicc/channel_limit.py)."""
+    return f"{tenant_tag(tenant)}:trunk:{trunk}:channels"

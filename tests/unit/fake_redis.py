@@ -3,9 +3,11 @@
 It has just what omnicc's SIP edge calls (omnicc/agent_auth.py, omnicc/sip_security.py):
 ``mget``, ``get``, ``set(ex=)``, ``exists``, ``delete``, ``ttl``, ``scan_iter(match=)`` and
 ``register_script``, whose script object runs a Python emulation of
-``COUNT_AND_BAN_LUA``. Keys and values come back as bytes, as from a client without
-``decode_responses``. Time is a clock of its own that moves only when a test calls
-``advance``, so expiry is exact and no test waits.
+``COUNT_AND_BAN_LUA``; for the blacklist (omnicc/blacklist.py) hashes (``hset``, ``hget``,
+``hdel``, ``hlen``) and ``pipeline(transaction=True)``, whose queued commands all run at
+``execute()`` or, when one of them is failed, none do (as MULTI/EXEC). Keys and values
+come back as bytes, as from a client without ``decode_responses``. Time is a clock of its
+own that moves only when a test calls ``advance``, so expiry is exact and no test waits.
 
 ``fail("mget", ...)`` makes those commands raise ``redis.ConnectionError`` (or the error
 given), as a Redis that went away; ``fail()`` with no names fails every command.
@@ -22,7 +24,8 @@ import redis
 from omnicc.sip_security import COUNT_AND_BAN_LUA
 
 EncodableValue = str | bytes | int | float
-COMMANDS = ("mget", "get", "set", "exists", "delete", "ttl", "scan_iter", "evalsha")
+COMMANDS = ("mget", "get", "set", "exists", "delete", "ttl", "scan_iter", "evalsha",
+            "hset", "hget", "hdel", "hlen")
 
 
 def _encode(value: EncodableValue) -> bytes:
@@ -40,6 +43,7 @@ class FakeRedis:
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
         self._values: dict[str, bytes] = {}
+        self._hashes: dict[str, dict[str, bytes]] = {}
         self._expires_at: dict[str, float] = {}
         self._failures: dict[str, Exception] = {}
         self.commands: list[str] = []  # every command run, in order (a script is "evalsha")
@@ -61,7 +65,7 @@ class FakeRedis:
 
     def keys(self) -> list[str]:
         """The live keys (a test helper, not the Redis KEYS command)."""
-        return sorted(key for key in list(self._values) if self._live(key))
+        return sorted(key for key in [*self._values, *self._hashes] if self._live(key))
 
     # ------------------------------------------------------------------ internals
     def _command(self, name: str) -> None:
@@ -73,11 +77,23 @@ class FakeRedis:
         expires_at = self._expires_at.get(key)
         if expires_at is not None and expires_at <= self.now:
             self._values.pop(key, None)
+            self._hashes.pop(key, None)
             self._expires_at.pop(key, None)
-        return key in self._values
+        return key in self._values or key in self._hashes
 
     def _get(self, key: str) -> bytes | None:
+        if key in self._hashes:
+            raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong "
+                                      "kind of value")
         return self._values[key] if self._live(key) else None
+
+    def _hash(self, key: str, create: bool = False) -> dict[str, bytes]:
+        if self._live(key) and key in self._values:
+            raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong "
+                                      "kind of value")
+        if create:
+            return self._hashes.setdefault(key, {})
+        return self._hashes.get(key, {})
 
     def _set(self, key: str, value: EncodableValue, ex: int | None) -> None:
         self._values[key] = _encode(value)
@@ -89,6 +105,7 @@ class FakeRedis:
     def _delete(self, key: str) -> int:
         existed = self._live(key)
         self._values.pop(key, None)
+        self._hashes.pop(key, None)
         self._expires_at.pop(key, None)
         return int(existed)
 
@@ -134,6 +151,40 @@ class FakeRedis:
             if match is None or fnmatch.fnmatchcase(key, match):
                 yield key.encode("utf-8")
 
+    def hset(self, key: str | bytes, field: str | bytes | None = None,
+             value: EncodableValue | None = None,
+             mapping: dict[str, EncodableValue] | None = None) -> int:
+        self._command("hset")
+        pairs = dict(mapping or {})
+        if field is not None:
+            pairs[_key(field)] = value if value is not None else ""
+        if not pairs:
+            raise redis.DataError("'hset' with no key value pairs")
+        stored = self._hash(_key(key), create=True)
+        added = sum(1 for name in pairs if _key(name) not in stored)
+        stored.update({_key(name): _encode(v) for name, v in pairs.items()})
+        return added
+
+    def hget(self, key: str | bytes, field: str | bytes) -> bytes | None:
+        self._command("hget")
+        return self._hash(_key(key)).get(_key(field))
+
+    def hdel(self, key: str | bytes, *fields: str | bytes) -> int:
+        self._command("hdel")
+        name = _key(key)
+        stored = self._hash(name)
+        removed = sum(1 for f in fields if stored.pop(_key(f), None) is not None)
+        if name in self._hashes and not stored:
+            self._delete(name)  # Redis drops an emptied hash
+        return removed
+
+    def hlen(self, key: str | bytes) -> int:
+        self._command("hlen")
+        return len(self._hash(_key(key)))
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
     def register_script(self, script: str) -> CountAndBanScript:
         if script != COUNT_AND_BAN_LUA:
             raise NotImplementedError("FakeRedis emulates only sip_security.COUNT_AND_BAN_LUA")
@@ -166,3 +217,29 @@ class CountAndBanScript:
             fake._delete(counter)
             return 1
         return 0
+
+
+class FakePipeline:
+    """Queues commands; execute() runs them all, or — when any of them is failed — raises
+    before running any, as a MULTI/EXEC whose connection broke."""
+
+    def __init__(self, fake: FakeRedis) -> None:
+        self._fake = fake
+        self._queued: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        if name not in COMMANDS:
+            raise AttributeError(f"FakePipeline has no command {name!r}")
+
+        def queue(*args: object, **kwargs: object) -> FakePipeline:
+            self._queued.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self) -> list[object]:
+        queued, self._queued = self._queued, []
+        for name, _, _ in queued:
+            if name in self._fake._failures:
+                raise self._fake._failures[name]
+        return [getattr(self._fake, name)(*args, **kwargs) for name, args, kwargs in queued]
