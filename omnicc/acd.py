@@ -29,7 +29,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from omnicc import keys
-from omnicc.acd_lua import MAX_PENALTY, MAX_PRIORITY, SCORE_TIER, SCRIPTS
+from omnicc.acd_lua import (
+    DEFAULT_SKILL,
+    MAX_PENALTY,
+    MAX_PRIORITY,
+    MAX_SKILL,
+    SCORE_TIER,
+    SCRIPTS,
+)
 from omnicc.agent_state import AgentState, CallState, effective_state
 from omnicc.config import EXTENSION_RE, NAME_RE
 
@@ -48,6 +55,7 @@ class Strategy(StrEnum):
     RANDOM = "random"
     LINEAR = "linear"
     RINGALL = "ringall"
+    SKILLS_WEIGHTED = "skills-weighted"
 
 
 class NoAnswerOutcome(StrEnum):
@@ -403,13 +411,16 @@ class AcdStore:
         return await self._run("configure_queue", tenant, queue, *pairs)
 
     async def add_member(self, tenant: str, queue: str, extension: str,
-                         penalty: int = 0) -> AcdResult:
-        """Adds the agent to the queue, or changes its penalty (lower is offered first)."""
+                         penalty: int = 0, *, skill: int = DEFAULT_SKILL) -> AcdResult:
+        """Adds the agent to the queue, or changes its penalty (lower is offered first) and
+        its skill in this queue (higher is offered first by skills-weighted)."""
         _check(NAME_RE, queue, "queue name")
         _check(EXTENSION_RE, extension, "extension")
         if not 0 <= penalty <= MAX_PENALTY:
             raise ValueError(f"a penalty is 0 to {MAX_PENALTY}")
-        return await self._run("add_member", tenant, queue, extension, str(penalty))
+        if not 0 <= skill <= MAX_SKILL:
+            raise ValueError(f"a skill is 0 to {MAX_SKILL}")
+        return await self._run("add_member", tenant, queue, extension, str(penalty), str(skill))
 
     async def remove_member(self, tenant: str, queue: str, extension: str) -> AcdResult:
         _check(NAME_RE, queue, "queue name")

@@ -35,7 +35,10 @@ The model (keys in omnicc/keys.py):
   fewest-calls: calls answered from this queue (ties by extension); linear: join order;
   round-robin-memory: join order, offered from the member after the last one reserved;
   random: 0, a random rank among the best penalty is drawn per call; ringall: every READY
-  member of the best penalty (at most 32) is reserved and the first answer wins.
+  member of the best penalty (at most 32) is reserved and the first answer wins;
+  skills-weighted: ``(MAX_SKILL - skill) * SKILL_STEP`` plus the second the agent's last
+  call ended, so the highest skill in this queue wins, then the longest idle (a tie within
+  that second goes to the earlier ms). A member's skill is kept per queue (default 50).
 - A reservation is a lease (``reservation_lease_ms``: ring timeout plus margin). The agent
   holds it until answer, no-answer, release, or its end; an expired lease puts the agent
   back to READY and the call back to its old place (or FAILED_OVER when the call's own
@@ -116,6 +119,13 @@ from omnicc.events import STREAM_MAXLEN
 # priority 99 times it stays below 2**53, where doubles stop being exact integers.
 SCORE_TIER = 10**13
 MAX_PENALTY = 500
+# Skill levels of queue members (skills-weighted strategy): higher is offered first.
+MAX_SKILL = 100
+DEFAULT_SKILL = 50
+# skills-weighted scores: one step per skill point below MAX_SKILL, then the idle time in
+# whole seconds (below 10**10 until the year 2286); (MAX_SKILL + 1) steps stay below
+# SCORE_TIER, so the penalty still comes first.
+SKILL_STEP = 10**10
 MAX_PRIORITY = 99
 SETTLE_BATCH = 100
 RINGALL_MAX = 32
@@ -130,6 +140,7 @@ _KEY_FUNCTIONS: list[tuple[str, Callable[..., str], tuple[str, ...]]] = [
     ("k_queue", keys.queue_settings, ("q",)),
     ("k_members", keys.queue_members, ("q",)),
     ("k_positions", keys.queue_positions, ("q",)),
+    ("k_skills", keys.queue_skills, ("q",)),
     ("k_ready", keys.queue_ready, ("q",)),
     ("k_waiting", keys.queue_waiting, ("q",)),
     ("k_stats", keys.queue_stats, ("q",)),
@@ -201,6 +212,9 @@ local TIER = {SCORE_TIER}
 local MAXLEN = '{STREAM_MAXLEN}'
 local SETTLE_BATCH = {SETTLE_BATCH}
 local RINGALL_MAX = {RINGALL_MAX}
+local MAX_SKILL = {MAX_SKILL}
+local DEFAULT_SKILL = {DEFAULT_SKILL}
+local SKILL_STEP = {SKILL_STEP}
 local CALL_RETENTION_SECONDS = {CALL_RETENTION_SECONDS}
 local MAX_SKIPS = 1000
 """
@@ -293,6 +307,12 @@ local function ready_score(q, ext)
     base = tonumber(redis.call('HGET', k_positions(q), ext) or '0')
   elseif strategy == 'random' then
     base = 0
+  elseif strategy == 'skills-weighted' then
+    -- Highest skill first, then longest idle (to the second; pick_candidates breaks a tie
+    -- within the second by the exact ms).
+    local skill = tonumber(redis.call('HGET', k_skills(q), ext) or DEFAULT_SKILL)
+    local last_ended = tonumber(redis.call('HGET', k_agent(ext), 'last_ended') or '0')
+    base = (MAX_SKILL - skill) * SKILL_STEP + math.floor(last_ended / 1000)
   else -- longest-idle, ringall
     base = tonumber(redis.call('HGET', k_agent(ext), 'last_ended') or '0')
   end
@@ -318,6 +338,15 @@ local function pick_candidates(q, id)
     local after = redis.call('ZRANGEBYSCORE', ready, '(' .. int(low + cfg.rr_last),
       below_next_tier, 'LIMIT', 0, 1)
     if #after > 0 then return after end
+  elseif cfg.strategy == 'skills-weighted' then
+    -- Same penalty, skill and idle second: the longest idle to the ms (then extension).
+    local tied = redis.call('ZRANGEBYSCORE', ready, first[2], first[2], 'LIMIT', 0, RINGALL_MAX)
+    local best, best_ended = first[1], nil
+    for _, ext in ipairs(tied) do
+      local ended = tonumber(redis.call('HGET', k_agent(ext), 'last_ended') or '0')
+      if best_ended == nil or ended < best_ended then best, best_ended = ext, ended end
+    end
+    return {best}
   end
   return {first[1]}
 end
@@ -555,20 +584,23 @@ emit('queue_configured', NOW, 'queue', q, 'strategy', cfg.strategy)
 return result('ok', '')
 """)
 
-# ARGV[4] queue, ARGV[5] extension, ARGV[6] penalty
+# ARGV[4] queue, ARGV[5] extension, ARGV[6] penalty, ARGV[7] skill ('' : DEFAULT_SKILL)
 ADD_MEMBER = _script(r"""
-local q, ext, penalty = ARGV[4], ARGV[5], ARGV[6]
+local q, ext, penalty, skill = ARGV[4], ARGV[5], ARGV[6], ARGV[7] or ''
+if skill == '' then skill = tostring(DEFAULT_SKILL) end
 settle()
 if not queue_cfg(q).exists then return result('unknown_queue', '') end
 redis.call('SADD', K_AGENTS, ext)
 local state = agent_state_now(ext)
 local joined = redis.call('HSET', k_members(q), ext, penalty) == 1
+redis.call('HSET', k_skills(q), ext, skill)
 if joined then
   redis.call('HSET', k_positions(q), ext, redis.call('HINCRBY', k_queue(q), 'next_position', 1))
   redis.call('SADD', k_agent_queues(ext), q)
   redis.call('HINCRBY', k_agent_states(q), state, 1)
 end
-emit('queue_member_added', NOW, 'queue', q, 'agent', ext, 'penalty', penalty)
+emit('queue_member_added', NOW, 'queue', q, 'agent', ext, 'penalty', penalty,
+  'skill', skill)
 if state == 'READY' then
   redis.call('ZADD', k_ready(q), int(ready_score(q, ext)), ext)
   match_agent(ext)
@@ -583,6 +615,7 @@ settle()
 if redis.call('HDEL', k_members(q), ext) == 0 then return result('not_member', '') end
 local state = agent_state_now(ext)
 redis.call('HDEL', k_positions(q), ext)
+redis.call('HDEL', k_skills(q), ext)
 redis.call('SREM', k_agent_queues(ext), q)
 redis.call('HINCRBY', k_agent_states(q), state, -1)
 redis.call('ZREM', k_ready(q), ext)

@@ -204,12 +204,14 @@ def _destination_value(value: Any) -> Any:
 
 
 QueueStrategy = Literal["longest-idle", "fewest-calls", "round-robin", "round-robin-memory",
-                        "random", "linear", "ringall"]
+                        "random", "linear", "ringall", "skills-weighted"]
 
 
 class QueueMember(_Strict):
     agent: str
     penalty: int = Field(default=0, ge=0, le=MAX_QUEUE_PENALTY)  # lower is offered first
+    # Higher is offered first by skills-weighted (omnicc/acd_lua.py MAX_SKILL, DEFAULT_SKILL).
+    skill: int = Field(default=50, ge=0, le=100)
 
     @field_validator("agent", mode="before")
     @classmethod

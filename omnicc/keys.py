@@ -53,6 +53,11 @@ def queue_members(tenant: str, queue: str) -> str:
     return f"{tenant_tag(tenant)}:queue:{queue}:members"
 
 
+def queue_skills(tenant: str, queue: str) -> str:
+    """Hash member extension -> skill level for this queue (skills-weighted strategy)."""
+    return f"{tenant_tag(tenant)}:queue:{queue}:skills"
+
+
 def queue_positions(tenant: str, queue: str) -> str:
     """Hash member extension -> join order (linear and round-robin strategies)."""
     return f"{tenant_tag(tenant)}:queue:{queue}:positions"

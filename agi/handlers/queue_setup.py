@@ -1,5 +1,5 @@
 """The config's queues as the ACD keeps them: QueueSettings (ms) from the YAML (seconds),
-and the start-up push of queues, members and wrap-up overrides into Redis.
+and the start-up push of queues, members (penalty, skill) and wrap-up overrides into Redis.
 
 `queue_settings` is pure. `sync_queues` is idempotent: run at every FastAGI server start,
 it makes the ACD's queues and members those of the config (members removed from the config
@@ -31,6 +31,7 @@ _STRATEGIES = {
     "random": Strategy.RANDOM,
     "linear": Strategy.LINEAR,
     "ringall": Strategy.RINGALL,
+    "skills-weighted": Strategy.SKILLS_WEIGHTED,
 }
 
 
@@ -54,7 +55,7 @@ class QueueConfigStore(Protocol):
                               settings: QueueSettings) -> AcdResult: ...
 
     async def add_member(self, tenant: str, queue: str, extension: str,
-                         penalty: int = 0) -> AcdResult: ...
+                         penalty: int = 0, *, skill: int = ...) -> AcdResult: ...
 
     async def remove_member(self, tenant: str, queue: str, extension: str) -> AcdResult: ...
 
@@ -89,12 +90,13 @@ async def sync_queues(store: QueueConfigStore, redis: Any, config: OmniccConfig)
             queues += 1
             present = {_s(m) for m in await redis.hkeys(keys.queue_members(tenant.name,
                                                                            queue.name))}
-            wanted = {m.agent: m.penalty for m in queue.members}
+            wanted = {m.agent: m for m in queue.members}
             for extension in sorted(present - set(wanted)):
                 await store.remove_member(tenant.name, queue.name, extension)
                 removed += 1
-            for extension, penalty in wanted.items():
-                await store.add_member(tenant.name, queue.name, extension, penalty)
+            for extension, member in wanted.items():
+                await store.add_member(tenant.name, queue.name, extension, member.penalty,
+                                       skill=member.skill)
                 added += extension not in present
         known = {_s(q) for q in await redis.smembers(keys.tenant_queues(tenant.name))}
         for stale in sorted(known - {q.name for q in tenant.queues}):

@@ -20,6 +20,7 @@ import redis
 
 from omnicc import keys
 from omnicc.acd import waiting_score
+from omnicc.acd_lua import MAX_SKILL
 from omnicc.agent_state import AgentState, CallState
 
 FINAL = {"ENDED", "ABANDONED", "FAILED_OVER"}
@@ -153,6 +154,7 @@ def redis_problems(client: redis.Redis, tenant: str) -> list[str]:
         pipe.zrange(keys.queue_waiting(tenant, q), 0, -1, withscores=True)
         pipe.hgetall(keys.queue_agent_states(tenant, q))
         pipe.hgetall(keys.queue_stats(tenant, q))
+        pipe.hgetall(keys.queue_skills(tenant, q))
     pipe.zrange(keys.reservation_leases(tenant), 0, -1, withscores=True)
     pipe.zrange(keys.wrapup_ends(tenant), 0, -1, withscores=True)
     pipe.zrange(keys.call_leases(tenant), 0, -1, withscores=True)
@@ -186,6 +188,9 @@ def redis_problems(client: redis.Redis, tenant: str) -> list[str]:
         waiting_scores.update(waiting_rows)
         state_counts[q] = {_s(k): int(v) for k, v in next(raw).items()}
         stats[q] = {_s(k): int(v) for k, v in next(raw).items()}
+        skills = {_s(k): int(v) for k, v in next(raw).items()}
+        if set(skills) != members[q] or not all(0 <= v <= MAX_SKILL for v in skills.values()):
+            problems.append(f"queue {q}: skills {skills} do not match members {members[q]}")
     reservation_leases = {_s(m): int(s) for m, s in next(raw)}
     wrapup_ends = {_s(m): int(s) for m, s in next(raw)}
     call_leases = {_s(m): int(s) for m, s in next(raw)}

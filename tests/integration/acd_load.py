@@ -50,6 +50,8 @@ QUEUES = {
                         reservation_lease_ms=RESERVATION_LEASE_MS, call_lease_ms=CALL_LEASE_MS),
     "q4": QueueSettings(strategy=Strategy.ROUND_ROBIN_MEMORY, wrapup_ms=20,
                         reservation_lease_ms=RESERVATION_LEASE_MS, call_lease_ms=CALL_LEASE_MS),
+    "q5": QueueSettings(strategy=Strategy.SKILLS_WEIGHTED, wrapup_ms=40,
+                        reservation_lease_ms=RESERVATION_LEASE_MS, call_lease_ms=CALL_LEASE_MS),
 }
 QUEUE_NAMES = sorted(QUEUES)
 
@@ -291,7 +293,8 @@ def configure(url: str, processes: int, agents: int) -> None:
             for index in range(agents):
                 for queue in queues_of(process, index):
                     assert (await store.add_member(TENANT, queue, extension(process, index),
-                                                   penalty=index % 3)).ok
+                                                   penalty=index % 3,
+                                                   skill=(index * 37) % 101)).ok
         await aclient.aclose()
 
     asyncio.run(setup())

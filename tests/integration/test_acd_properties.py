@@ -60,11 +60,14 @@ QUEUES = {
     "billing": QueueSettings(strategy=Strategy.ROUND_ROBIN_MEMORY, wrapup_ms=10_000,
                              auto_pause_reason="missed a call", max_waiting=3,
                              overflow_when_no_agents=True),
+    "vip": QueueSettings(strategy=Strategy.SKILLS_WEIGHTED, wrapup_ms=3_000,
+                         reservation_lease_ms=10_000, call_lease_ms=25_000),
 }
-MEMBERS = {  # (extension, penalty); 1001 to 1005 are in two queues
-    "sales": [("1001", 0), ("1002", 0), ("1003", 1), ("1004", 0)],
-    "support": [("1003", 0), ("1004", 0), ("1005", 0), ("1002", 2)],
-    "billing": [("1001", 0), ("1005", 0), ("1006", 0)],
+MEMBERS = {  # (extension, penalty, skill); every agent is in two queues or more
+    "sales": [("1001", 0, 50), ("1002", 0, 50), ("1003", 1, 50), ("1004", 0, 50)],
+    "support": [("1003", 0, 50), ("1004", 0, 50), ("1005", 0, 50), ("1002", 2, 50)],
+    "billing": [("1001", 0, 50), ("1005", 0, 50), ("1006", 0, 50)],
+    "vip": [("1006", 0, 90), ("1002", 0, 90), ("1004", 0, 30), ("1001", 1, 100)],
 }
 START_MS = 1_700_000_000_000
 
@@ -110,8 +113,8 @@ class AcdMachine(RuleBasedStateMachine):
         store = self.stores["n1"]
         for queue, queue_settings in QUEUES.items():
             assert self.run(store.configure_queue(T, queue, queue_settings)).ok
-            for ext, penalty in MEMBERS[queue]:
-                assert self.run(store.add_member(T, queue, ext, penalty)).ok
+            for ext, penalty, skill in MEMBERS[queue]:
+                assert self.run(store.add_member(T, queue, ext, penalty, skill=skill)).ok
         for ext in AGENTS:
             self.run(store.register(T, ext, f"sip:{ext}@192.0.2.1", 3600))
         for ext in sorted(logged_in):
@@ -155,6 +158,21 @@ class AcdMachine(RuleBasedStateMachine):
                 out.append((fields["call"], ext, int(fields["lease_until"])))
         return out
 
+    def skills_weighted_pick(self, queue: str) -> str | None:
+        """Who a skills-weighted queue offers a new call to now: its best penalty, then the
+        highest skill, then the longest idle (ms), then the extension; "-" for other
+        strategies."""
+        if QUEUES[queue].strategy is not Strategy.SKILLS_WEIGHTED:
+            return "-"
+        members = self.sync.hgetall(keys.queue_members(T, queue))
+        skills = self.sync.hgetall(keys.queue_skills(T, queue))
+        ready = [ext for ext in self.sync.zrange(keys.queue_ready(T, queue), 0, -1)
+                 if self.registered(ext)]
+        ranked = sorted(ready, key=lambda ext: (
+            int(members[ext]), -int(skills[ext]),
+            int(self.sync.hget(keys.agent_hash(T, ext), "last_ended") or 0), ext))
+        return ranked[0] if ranked else None
+
     def calls_in(self, *states: str) -> list[str]:
         return [c for c in self.calls
                 if self.sync.hget(keys.acd_call(T, c), "state") in states]
@@ -195,11 +213,13 @@ class AcdMachine(RuleBasedStateMachine):
     def unpause(self, node: str, ext: str) -> None:
         self.agent_request(ext, AgentEvent.UNPAUSE, self.stores[node].unpause(T, ext))
 
-    @rule(queue=queue_names, ext=agent_ids, penalty=st.integers(0, 3), join=st.booleans())
-    def change_membership(self, queue: str, ext: str, penalty: int, join: bool) -> None:
+    @rule(queue=queue_names, ext=agent_ids, penalty=st.integers(0, 3),
+          skill=st.sampled_from([0, 50, 90, 100]), join=st.booleans())
+    def change_membership(self, queue: str, ext: str, penalty: int, skill: int,
+                          join: bool) -> None:
         store = self.stores["n2"]
         if join:
-            assert self.run(store.add_member(T, queue, ext, penalty)).ok
+            assert self.run(store.add_member(T, queue, ext, penalty, skill=skill)).ok
         else:
             self.run(store.remove_member(T, queue, ext))
 
@@ -210,9 +230,13 @@ class AcdMachine(RuleBasedStateMachine):
     def enqueue(self, node: str, arrivals: list[tuple[str, int]]) -> None:
         for queue, priority in arrivals:
             call = f"c{len(self.calls)}"
+            skilled = self.skills_weighted_pick(queue) if self.nothing_due() else "-"
             result = self.run(self.stores[node].enqueue(T, call, queue, caller="+1555",
                                                         did="100", priority=priority))
             assert result.code in ("ok", "queue_full", "no_agents"), result
+            if skilled != "-" and result.ok:
+                assert [o.agent for o in result.offers] == ([skilled] if skilled else []), \
+                    (queue, skilled, result)
             if result.ok:
                 self.calls.append(call)
 

@@ -342,6 +342,62 @@ def test_a_lower_penalty_member_is_always_offered_first(run: Callable[[Scenario]
     run(scenario)
 
 
+def test_skills_weighted_offers_the_highest_skill_then_the_longest_idle(
+        run: Callable[[Scenario], None]) -> None:
+    async def take(w: Acd, call: str) -> str:
+        [offer] = (await w.acd.enqueue(T, call, "vip")).offers
+        assert (await w.acd.answer(T, call, offer.agent)).ok
+        w.advance(10)
+        assert (await w.acd.hangup(T, call)).ok  # wrap-up 0: READY again at once
+        return offer.agent
+
+    async def scenario(w: Acd) -> None:
+        await w.queue("vip", strategy=Strategy.SKILLS_WEIGHTED)
+        for ext, skill in (("1001", 40), ("1002", 90), ("1003", 90), ("1004", 100)):
+            await w.acd.register(T, ext, f"sip:{ext}@10.0.0.1", 3600)
+            penalty = 1 if ext == "1004" else 0  # the most skilled, but a worse penalty
+            assert (await w.acd.add_member(T, "vip", ext, penalty, skill=skill)).ok
+            assert (await w.acd.login(T, ext)).ok
+            w.advance(1)  # all within one second: the exact ms breaks the tie
+        # 1002 and 1003 share the best skill of the best penalty: the longer idle first,
+        # and as their calls end they take turns; 1001 (skill 40) never gets one.
+        assert [await take(w, f"c{i}") for i in range(4)] == ["1002", "1003"] * 2
+        # Only when both are busy does the lower skill get a call; the worse penalty last.
+        await w.acd.pause(T, "1002", "break")
+        await w.acd.enqueue(T, "busy1", "vip")
+        [second] = (await w.acd.enqueue(T, "busy2", "vip")).offers
+        [third] = (await w.acd.enqueue(T, "busy3", "vip")).offers
+        assert (second.agent, third.agent) == ("1001", "1004")
+        # A new skill takes effect at once, also for a READY member.
+        await w.agent("1005", login=True)
+        assert (await w.acd.add_member(T, "vip", "1005", 0, skill=10)).ok
+        assert (await w.acd.add_member(T, "vip", "1005", 0, skill=95)).ok
+        await w.acd.unpause(T, "1002")  # READY again, but 1005 is now more skilled
+        [offer] = (await w.acd.enqueue(T, "after", "vip")).offers
+        assert offer.agent == "1005"
+        [added] = [e for e in await w.events("queue_member_added")
+                   if e["agent"] == "1005" and e["skill"] == "95"]
+        assert added["penalty"] == "0"
+        assert (await w.acd.remove_member(T, "vip", "1005")).ok
+        assert await w.redis.hget(keys.queue_skills(T, "vip"), "1005") is None
+        with pytest.raises(ValueError, match="skill"):
+            await w.acd.add_member(T, "vip", "1001", 0, skill=101)
+
+    run(scenario)
+
+
+def test_skills_weighted_without_skills_is_longest_idle(run: Callable[[Scenario], None]) -> None:
+    async def scenario(w: Acd) -> None:
+        await w.queue("vip", strategy=Strategy.SKILLS_WEIGHTED)
+        await w.agent("1002", "vip")
+        w.advance(2_000)
+        await w.agent("1001", "vip")
+        [first] = (await w.acd.enqueue(T, "c1", "vip")).offers
+        assert first.agent == "1002"  # both at the default skill 50
+
+    run(scenario)
+
+
 def test_ringall_reserves_every_ready_member_and_the_first_answer_wins(
         run: Callable[[Scenario], None]) -> None:
     async def scenario(w: Acd) -> None:

@@ -10,6 +10,7 @@ import pytest
 from agi.handlers.queue_setup import RESERVATION_MARGIN_MS, queue_settings, sync_queues
 from omnicc import keys
 from omnicc.acd import AcdResult, QueueSettings, Strategy
+from omnicc.acd_lua import DEFAULT_SKILL, MAX_SKILL
 from omnicc.config import ConfigError, Destination, parse_config
 from omnicc.routing import decide_inbound
 
@@ -82,12 +83,31 @@ def test_queue_settings_are_in_milliseconds() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["longest-idle", "fewest-calls", "round-robin",
-                                      "random", "linear", "ringall"])
+                                      "random", "linear", "ringall", "skills-weighted"])
 def test_every_strategy_maps_to_the_acd(strategy: str) -> None:
     text = BASE.replace("strategy: round-robin", f"strategy: {strategy}")
     sales = parse_config(text).tenants[0].queue("sales")
     assert sales is not None
     assert queue_settings(sales).strategy in set(Strategy)
+
+
+def test_members_have_a_skill_of_50_unless_given() -> None:
+    text = BASE.replace('{agent: "1002", penalty: 2}', '{agent: "1002", penalty: 2, skill: 90}')
+    sales = parse_config(text).tenants[0].queue("sales")
+    assert sales is not None
+    assert [(m.agent, m.skill) for m in sales.members] == [("1001", 50), ("1002", 90)]
+    assert sales.members[0].skill == DEFAULT_SKILL
+
+
+def test_the_config_accepts_the_skill_levels_the_acd_accepts() -> None:
+    for skill in (0, MAX_SKILL):
+        text = BASE.replace("penalty: 2}", f"penalty: 2, skill: {skill}}}")
+        assert parse_config(text).tenants[0].queues[0].members[1].skill == skill
+    for skill in (-1, MAX_SKILL + 1):
+        text = BASE.replace("penalty: 2}", f"penalty: 2, skill: {skill}}}")
+        assert any(p.startswith(f"{FILE}:{line_of(text, 'skill:')}: "
+                                "tenants[0].queues[0].members[1].skill:")
+                   for p in problems(text)), skill
 
 
 def test_an_inbound_route_to_a_queue_is_decided_as_a_queue() -> None:
@@ -182,6 +202,7 @@ class FakeAcd:
 
     def __init__(self) -> None:
         self.members: dict[str, dict[str, int]] = {}
+        self.skills: dict[str, dict[str, int]] = {}
         self.settings: dict[str, QueueSettings] = {}
         self.wrapups: dict[str, int | None] = {}
         self.calls: list[tuple[str, ...]] = []
@@ -193,8 +214,9 @@ class FakeAcd:
         return AcdResult("ok", "")
 
     async def add_member(self, tenant: str, queue: str, extension: str,
-                         penalty: int = 0) -> AcdResult:
+                         penalty: int = 0, *, skill: int = DEFAULT_SKILL) -> AcdResult:
         self.members[queue][extension] = penalty
+        self.skills.setdefault(queue, {})[extension] = skill
         self.calls.append(("add", queue, extension))
         return AcdResult("ok", "")
 
@@ -225,9 +247,19 @@ def test_sync_pushes_queues_members_and_wrapups_and_is_idempotent() -> None:
     assert acd.members == {"sales": {"1001": 0, "1002": 2}, "backup": {"1001": 0}}
     assert acd.settings["sales"] == queue_settings(config.tenants[0].queues[0])
     assert acd.wrapups == {"1001": None, "1002": 3000}
+    assert acd.skills["sales"] == {"1001": DEFAULT_SKILL, "1002": DEFAULT_SKILL}
     again = asyncio.run(sync_queues(acd, acd, config))
     assert (again.members_added, again.members_removed) == (0, 0)
     assert acd.members == {"sales": {"1001": 0, "1002": 2}, "backup": {"1001": 0}}
+
+
+def test_sync_pushes_a_changed_skill() -> None:
+    acd = FakeAcd()
+    asyncio.run(sync_queues(acd, acd, parse_config(BASE)))
+    skilled = BASE.replace('{agent: "1002", penalty: 2}', '{agent: "1002", penalty: 2, skill: 95}')
+    report = asyncio.run(sync_queues(acd, acd, parse_config(skilled)))
+    assert (report.members_added, report.members_removed) == (0, 0)
+    assert acd.skills["sales"] == {"1001": DEFAULT_SKILL, "1002": 95}
 
 
 def test_sync_removes_members_no_longer_configured() -> None:
