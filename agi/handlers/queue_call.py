@@ -89,18 +89,31 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Between the offers of OMNICC_QUEUE_OFFERS. Not a comma: the list is an argument of
+# Dial's U() subroutine, where a comma would split it into several arguments.
+OFFERS_SEPARATOR = "/"
+
+
 def format_offers(offers: Sequence[Offer]) -> str:
-    return ",".join(f"{o.agent}:{o.lease_until_ms}" for o in offers)
+    return OFFERS_SEPARATOR.join(f"{o.agent}:{o.lease_until_ms}" for o in offers)
 
 
 def parse_offers(text: str) -> list[tuple[str, int | None]]:
-    """``EXT:LEASE,...`` (from OMNICC_QUEUE_OFFERS) as (extension, lease); bad items dropped."""
+    """``EXT:LEASE/...`` (from OMNICC_QUEUE_OFFERS; ``,`` between them is read too) as
+    (extension, lease); bad items dropped."""
     out: list[tuple[str, int | None]] = []
-    for item in text.split(","):
+    for item in text.replace(",", OFFERS_SEPARATOR).split(OFFERS_SEPARATOR):
         ext, _, lease = item.partition(":")
         if EXTENSION_RE.fullmatch(ext):
             out.append((ext, int(lease) if lease.isdigit() else None))
     return out
+
+
+def offers_of(call: str, offers: Sequence[Offer]) -> list[Offer]:
+    """The offers of `call` among those a script made. A script first settles what fell
+    due (a wrap-up over, a lease run out), which can reserve agents for other calls too;
+    their holders hear of those on their node's offers channel."""
+    return [o for o in offers if o.call == call]
 
 
 def no_answer_outcome(dialstatus: str) -> NoAnswerOutcome:
@@ -161,7 +174,7 @@ class QueueCall(_Handler):
             result = await self._store.enqueue(tenant.name, call, queue.name, caller=caller,
                                                did=did, priority=priority)
             if result.ok:
-                return list(result.offers)
+                return offers_of(call, result.offers)
             if result.code in (Refusal.QUEUE_FULL, Refusal.NO_AGENTS):
                 log.info("call %s overflows queue %s: %s", call, queue.name, result.code)
                 return queue.overflow_destination
@@ -182,7 +195,7 @@ class QueueCall(_Handler):
             result = await self._store.adopt(tenant.name, call)
             if not result.ok:
                 return Destination(kind="hangup")
-            return list(result.offers)
+            return offers_of(call, result.offers)
         return await self._store.current_offers(tenant.name, status)
 
     async def _wait(self, session: AGISession, tenant: Tenant, queue: Queue,

@@ -166,7 +166,7 @@ def test_ringall_dials_every_reserved_agent(store: FakeStore) -> None:
     record = run(QueueCall(CONFIG, store), "queue_call", params())
     assert record.variables["OMNICC_DIAL"] == (
         "PJSIP/kamailio/sip:1001@acme.test&PJSIP/kamailio/sip:1002@acme.test")
-    assert record.variables["OMNICC_QUEUE_OFFERS"] == "1001:5,1002:6"
+    assert record.variables["OMNICC_QUEUE_OFFERS"] == "1001:5/1002:6"
 
 
 def test_a_waiting_call_renews_its_lease_and_is_woken_by_an_offer(store: FakeStore) -> None:
