@@ -26,8 +26,8 @@ between sizes), through the public AcdStore API (omnicc/acd.py) as the FastAGI s
 - throughput: C clients, each driving full cycles as fast as it can: enqueue (reserved at
   once, or the session waits for the offer), answer, hangup (wrap-up 0: READY again).
 
-Server-side script times come from Redis's SLOWLOG (every command logged during the
-latency phases), Redis's CPU from /proc. Every sample is checked (the reserved agent is
+Server-side script times come from Redis's SLOWLOG (on around each measured request
+only), Redis's CPU from /proc. Every sample is checked (the reserved agent is
 the one made READY, the offer reaches the caller's session, answers are accepted) and the
 queues' counters are reconciled with what the benchmark did at the end of each size.
 
@@ -98,9 +98,10 @@ PAUSE_REASON = "bench"
 # How long a caller's session may take to see its offer before the sample fails.
 OFFER_TIMEOUT_SECONDS = 5.0
 SETUP_CONCURRENCY = 64
-# SLOWLOG logs every command of a latency phase (about 15 per READY sample); it is read
-# every so many samples: one large read can outlast redis-py's 5 s socket timeout.
-SLOWLOG_MAX_LEN = 20_000
+# SLOWLOG logs every command while it is on: only around a measured script, whose inner
+# commands Redis 7 logs too (about 40). It is read every so many samples: one large read
+# can outlast redis-py's 5 s socket timeout.
+SLOWLOG_MAX_LEN = 50_000
 SLOWLOG_DRAIN_EVERY = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -224,9 +225,10 @@ class SizeResult:
     call_end_offer: list[float] = field(default_factory=list)
     # enqueue -> reservation with agents READY, ms
     enqueue_reply: list[float] = field(default_factory=list)
-    # server-side script times (µs) during the latency phases
+    # server-side times (µs) of the measured scripts
     script_us: dict[str, list[float]] = field(default_factory=dict)
     slowlog_complete: bool = True
+    enqueue_phase_redis_cpu_seconds: float = 0.0  # Redis's CPU over the enqueue samples
     # throughput
     cycles: int = 0
     throughput_seconds: float = 0.0
@@ -237,6 +239,17 @@ class SizeResult:
     evalsha_us_per_call: float = 0.0
     answers: int = 0
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def redis_cpu_us_per_enqueue_sample(self) -> float:
+        """Enqueue (+reservation), answer and hangup, one at a time: Redis's CPU time,
+        which, unlike wall time, does not count the moments another job had the core."""
+        samples = len(self.enqueue_reply)
+        return 1e6 * self.enqueue_phase_redis_cpu_seconds / samples if samples else float("nan")
+
+    @property
+    def redis_cpu_us_per_cycle(self) -> float:
+        return 1e6 * self.redis_cpu_seconds / self.cycles if self.cycles else float("nan")
 
     @property
     def reservations_per_second(self) -> float:
@@ -464,7 +477,6 @@ class SizeRun:
         last_report = time.perf_counter()
         for index in range(total):
             if index == self.params.warmup:
-                # The READY phase also enqueues (with no member READY): not what it measures.
                 await self.start_slowlog(("unpause", "hangup"))
             await self.ready_sample(counted=index >= self.params.warmup)
             await self.between_samples(index)
@@ -488,9 +500,7 @@ class SizeRun:
     async def ready_sample(self, *, counted: bool) -> None:
         queue = self.rng.choice(self.queues)
         agent = self.rng.choice(self.members[queue])
-        started = time.perf_counter()
-        unpaused = await self.store.unpause(TENANT, agent)
-        replied = time.perf_counter()
+        unpaused, started, replied = await self.timed(self.store.unpause(TENANT, agent))
         offer = await self.expect_offer(unpaused, agent, "unpause")
         if offer is None:
             return
@@ -512,9 +522,7 @@ class SizeRun:
             return
         self.result.answers += 1
         await self.enqueue_waiting(offer.queue)
-        started = time.perf_counter()
-        ended = await self.store.hangup(TENANT, offer.call, "agent")
-        replied = time.perf_counter()
+        ended, started, replied = await self.timed(self.store.hangup(TENANT, offer.call, "agent"))
         following = await self.expect_offer(ended, agent, "hangup")
         if following is None:
             return
@@ -547,15 +555,16 @@ class SizeRun:
     async def measure_enqueue(self) -> None:
         self.say(f"enqueue -> reservation: every agent READY, "
                  f"{self.params.enqueue_samples} samples ...")
+        cpu_at_start = 0.0
         for index in range(self.params.warmup + self.params.enqueue_samples):
             if index == self.params.warmup:
                 await self.start_slowlog(("enqueue",))
+                cpu_at_start = redis_cpu_seconds(self.redis_pid)
             await self.between_samples(index)
             queue = self.rng.choice(self.queues)
             call = self.new_call_id("e")
-            started = time.perf_counter()
-            enqueued = await self.store.enqueue(TENANT, call, queue, caller="bench")
-            replied = time.perf_counter()
+            enqueued, started, replied = await self.timed(
+                self.store.enqueue(TENANT, call, queue, caller="bench"))
             if not self.check(enqueued, f"enqueue {call} into {queue}"):
                 continue
             if not enqueued.offers:
@@ -565,6 +574,10 @@ class SizeRun:
             if index >= self.params.warmup:
                 self.result.enqueue_reply.append((replied - started) * 1000)
             await self.answer_and_end(call, enqueued.offers[0])
+        # Includes the SLOWLOG's own work (a few of its CONFIG SETs and reads), alike at
+        # every size.
+        self.result.enqueue_phase_redis_cpu_seconds = (
+            redis_cpu_seconds(self.redis_pid) - cpu_at_start)
         await self.stop_slowlog()
         s = Summary.of(self.result.enqueue_reply)
         self.say(f"enqueue -> reservation: p50 {s.p50:.2f} ms, p99 {s.p99:.2f} ms")
@@ -647,12 +660,24 @@ class SizeRun:
             self.problem(f"the queues counted {answered} answered calls, the benchmark "
                          f"made {self.result.answers}")
 
+    async def timed(self, request: Awaitable[AcdResult]) -> tuple[AcdResult, float, float]:
+        """A measured request: its result, and when it was sent and its reply came
+        (perf_counter). While capturing, SLOWLOG is on around it, and only around it."""
+        if self._slowlog_scripts:
+            await self.admin.config_set("slowlog-log-slower-than", 0)
+        started = time.perf_counter()
+        result = await request
+        replied = time.perf_counter()
+        if self._slowlog_scripts:
+            await self.admin.config_set("slowlog-log-slower-than", -1)
+        return result, started, replied
+
     async def start_slowlog(self, scripts: Sequence[str]) -> None:
-        """Logs every command from now on; the times of `scripts` (the ones making the
-        phase's reservations) are kept."""
+        """From now on `timed` requests are logged; the times of `scripts` (the ones making
+        the phase's reservations) are kept."""
         self._slowlog_scripts = tuple(scripts)
+        await self.admin.config_set("slowlog-log-slower-than", -1)
         await self.admin.config_set("slowlog-max-len", SLOWLOG_MAX_LEN)
-        await self.admin.config_set("slowlog-log-slower-than", 0)
         await self.admin.slowlog_reset()
 
     async def between_samples(self, index: int) -> None:
@@ -673,6 +698,7 @@ class SizeRun:
     async def stop_slowlog(self) -> None:
         await self.admin.config_set("slowlog-log-slower-than", -1)
         await self.drain_slowlog()
+        self._slowlog_scripts = ()
 
 
 async def run_size(redis_url: str, size: Size, params: Params, *,
@@ -768,54 +794,74 @@ def latency_rows(results: Sequence[SizeResult]) -> list[str]:
 
 
 def cost_rows(results: Sequence[SizeResult], clients: int) -> list[str]:
-    rows = ["| size | Lua µs unpause (+reserve) p50 / p99 | Lua µs hangup (+reserve) "
-            "p50 / p99 | Lua µs enqueue (+reserve) p50 / p99 | reservations/s "
-            f"({clients} clients) | Lua µs per script under that load (mean) "
-            "| Redis CPU µs per cycle | Redis / client CPU (of a core) "
-            "| enqueue p50 / p99 under that load, ms |",
+    rows = ["| size | script µs unpause (+reserve) p50 / p99 | script µs hangup (+reserve) "
+            "p50 / p99 | script µs enqueue (+reserve) p50 / p99 | Redis CPU µs per enqueue "
+            f"sample | reservations/s ({clients} clients) | Redis CPU µs per cycle "
+            "| Redis / client CPU (of a core) | enqueue p50 / p99 under that load, ms |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lua = r.script_us
         seconds = r.throughput_seconds or float("nan")
-        per_cycle = 1e6 * r.redis_cpu_seconds / r.cycles if r.cycles else float("nan")
         loaded = Summary.of(r.load_enqueue_reply)
         rows.append(
             f"| {r.size.label} | {us(lua.get('unpause'), 50)} / {us(lua.get('unpause'), 99)} "
             f"| {us(lua.get('hangup'), 50)} / {us(lua.get('hangup'), 99)} "
             f"| {us(lua.get('enqueue'), 50)} / {us(lua.get('enqueue'), 99)} "
-            f"| {r.reservations_per_second:.0f} | {r.evalsha_us_per_call:.0f} | {per_cycle:.0f} "
+            f"| {r.redis_cpu_us_per_enqueue_sample:.0f} | {r.reservations_per_second:.0f} "
+            f"| {r.redis_cpu_us_per_cycle:.0f} "
             f"| {100 * r.redis_cpu_seconds / seconds:.0f}% / "
             f"{100 * r.client_cpu_seconds / seconds:.0f}% "
             f"| {ms(loaded.p50)} / {ms(loaded.p99)} |")
     return rows
 
 
+def change_text(before: float, after: float) -> tuple[str, float]:
+    return f"{before:.0f} → {after:.0f} µs ({after / before:.2f}×)", after / before
+
+
 def flatness_text(results: Sequence[SizeResult]) -> str:
-    """How the server-side cost of a reservation moved from the smallest size to the
-    largest: the member-count question, free of the client's scheduling."""
-    measured = [r for r in results if r.script_us.get("unpause") and r.script_us.get("enqueue")]
+    """How the cost of a reservation moved from the smallest size to the largest: the
+    member-count question. Redis's CPU time per operation first (another job holding the
+    core does not count in it), then the scripts' wall time in Redis (it does)."""
+    measured = [r for r in results if r.script_us.get("enqueue") and r.cycles]
     if len(measured) < 2:
         return ""
     small = min(measured, key=lambda r: (r.size.agents, r.size.queues))
     large = max(measured, key=lambda r: (r.size.agents, r.size.queues))
-    parts, ratios = [], []
+    cpu_parts, ratios = [], []
+    for what, before, after in (
+            ("per enqueue sample", small.redis_cpu_us_per_enqueue_sample,
+             large.redis_cpu_us_per_enqueue_sample),
+            ("per throughput cycle", small.redis_cpu_us_per_cycle, large.redis_cpu_us_per_cycle)):
+        if before > 0 and after > 0:
+            text, ratio = change_text(before, after)
+            cpu_parts.append(f"{what} {text}")
+            ratios.append(ratio)
+    script_parts = []
     for script in ("unpause", "hangup", "enqueue"):
         a, b = small.script_us.get(script), large.script_us.get(script)
         if a and b:
-            pa, pb = percentile(sorted(a), 50), percentile(sorted(b), 50)
-            parts.append(f"{script} {pa:.0f} → {pb:.0f} µs ({pb / pa:.2f}×)")
-            ratios.append(pb / pa)
+            script_parts.append(f"{script} " + change_text(
+                percentile(sorted(a), 50), percentile(sorted(b), 50))[0])
+    if not ratios:
+        return ""
+    if max(ratios) > FLAT_RATIO:
+        reading = (f"up to {max(ratios):.2f}×, more than the {FLAT_RATIO:g}× this benchmark "
+                   "reads as the shared machine's noise: compare a rerun before concluding")
+    elif min(ratios) < 1 / FLAT_RATIO:
+        reading = ("lower at the larger size, by more than the machine's noise: the load "
+                   "average shows which size ran on a busier machine")
+    else:
+        reading = "flat, within the noise of the shared machine"
+    text = (f"From {small.size.label} to {large.size.label} "
+            f"({large.size.agents // small.size.agents}× the agents and queues), Redis's CPU "
+            f"time {'; '.join(cpu_parts)}: {reading}. The scripts' median time in Redis "
+            f"(SLOWLOG, wall time): {', '.join(script_parts)}.")
     crowded = max(measured, key=lambda r: r.size.members_per_queue)
-    text = (f"Server-side script time (median, from SLOWLOG) from {small.size.label} to "
-            f"{large.size.label}, {large.size.agents // small.size.agents}× the agents: "
-            + ", ".join(parts) + ": "
-            + ("flat, within the noise of the shared machine." if max(ratios) <= FLAT_RATIO
-               else f"up to {max(ratios):.2f}× — more than the {FLAT_RATIO:g}× this benchmark "
-               "reads as noise; compare a rerun before drawing a conclusion."))
     if crowded.size.members_per_queue > 2 * small.size.members_per_queue:
-        enqueue = percentile(sorted(crowded.script_us["enqueue"]), 50)
         text += (f" With {crowded.size.members_per_queue:.0f} members per queue "
-                 f"({crowded.size.label}) enqueue took {enqueue:.0f} µs.")
+                 f"({crowded.size.label}) Redis's CPU per enqueue sample was "
+                 f"{crowded.redis_cpu_us_per_enqueue_sample:.0f} µs.")
     return text
 
 
@@ -825,7 +871,7 @@ def capacity_text(results: Sequence[SizeResult]) -> str:
     if not measured:
         return ""
     r = max(measured, key=lambda r: (r.size.agents, r.size.queues))
-    per_cycle_us = 1e6 * r.redis_cpu_seconds / r.cycles
+    per_cycle_us = r.redis_cpu_us_per_cycle
     redis_share = r.redis_cpu_seconds / r.throughput_seconds
     client_share = r.client_cpu_seconds / r.throughput_seconds
     return (f"Throughput at {r.size.label}: a cycle (enqueue, answer, hangup: three scripts) "
@@ -926,9 +972,11 @@ def doc_section(results: Sequence[SizeResult], params: Params, command: str, whe
         "→ reservation → answer → hangup → wrap-up 0 → READY) for "
         f"{params.throughput_seconds:g} s; one cycle is one reservation.",
         "",
-        "Server-side script times come from Redis's SLOWLOG, which logged every command "
-        "during the two latency phases; they are what one script costs Redis, apart from "
-        "the client and the scheduling of the shared machine.",
+        "Two measures of the server's side, apart from the client: the measured scripts' "
+        "time in Redis, from its SLOWLOG (switched on around each measured request only; "
+        "wall time, so a moment in which another job held the core counts), and Redis's CPU "
+        "time per operation from /proc (which does not count such moments: on a shared "
+        "machine the steadier measure of what a reservation costs).",
         "",
         f"Run {when}. Reproduce with:",
         "",
