@@ -976,7 +976,8 @@ def doc_section(results: Sequence[SizeResult], params: Params, command: str, whe
         "time in Redis, from its SLOWLOG (switched on around each measured request only; "
         "wall time, so a moment in which another job held the core counts), and Redis's CPU "
         "time per operation from /proc (which does not count such moments: on a shared "
-        "machine the steadier measure of what a reservation costs).",
+        "machine the steadier measure of what a reservation costs; per enqueue sample it "
+        "includes the SLOWLOG's own work, the same at every size).",
         "",
         f"Run {when}. Reproduce with:",
         "",
