@@ -955,7 +955,7 @@ def doc_section(results: Sequence[SizeResult], params: Params, command: str, whe
         "registered and logged in. Three measurements, each sample checked:",
         "",
         f"- **READY → reservation**: {params.waiting_per_queue} "
-        f"call{'s' if params.waiting_per_queue != 1 else ''} wait in every queue, "
+        f"call{' waits' if params.waiting_per_queue == 1 else 's wait'} in every queue, "
         "each held by a caller session as the FastAGI server runs it (renew the call lease, "
         "wait_for_offer on the node's pub/sub channel). One at a time, a paused member of a "
         "random queue becomes READY — by **unpause**, and by the **end of a call** (answer, "
