@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agi.handlers.agent_call import AgentCall
+from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
 from agi.handlers.health import health
 from agi.handlers.inbound_route import InboundRoute
@@ -42,10 +43,11 @@ def build_routes(config: OmniccConfig, events: EventLog,
     }
     if acd is not None:
         routes.update({
-            "queue_call": QueueCall(config, acd),
-            "queue_answer": QueueAnswer(config, acd),
+            "queue_call": QueueCall(config, acd, events),
+            "queue_answer": QueueAnswer(config, acd, events),
             "queue_result": QueueResult(config, acd),
             "queue_end": QueueEnd(config, acd),
+            "agent_feature": AgentFeature(config, events, acd),
         })
     return routes
 

@@ -28,9 +28,14 @@ from pydantic import (
 EXTENSION_RE = re.compile(r"^[0-9]{2,12}$")
 DID_RE = re.compile(r"^\+?[0-9]{1,20}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# An announcement plays while no AGI session renews the call's lease (config Queue).
+MIN_LEASE_WITH_ANNOUNCEMENTS = 10
 # Bounds the ACD scripts accept (omnicc/acd_lua.py MAX_PENALTY, MAX_PRIORITY).
 MAX_QUEUE_PENALTY = 500
 MAX_QUEUE_PRIORITY = 99
+# A feature code an agent dials: '*' and 1 to 6 digits. Pause reasons are picked by digits.
+FEATURE_CODE_RE = re.compile(r"^\*[0-9]{1,6}$")
+PAUSE_REASON_DIGITS_RE = re.compile(r"^[0-9]{1,3}$")
 
 
 class ConfigError(Exception):
@@ -238,6 +243,15 @@ class Queue(_Strict):
     auto_pause_reason: str = Field(default="", max_length=200)  # pause who does not answer
     # How long a waiting call stays queued without its FastAGI session renewing it.
     call_lease_seconds: int = Field(default=30, ge=3, le=3600)
+    # The caller's waiting experience. moh_class: an Asterisk music-on-hold class (None:
+    # Asterisk's default class). Announcements interrupt the music every
+    # announce_frequency_seconds; the expected wait comes from the queue's statistics.
+    moh_class: str | None = None
+    announce_position: bool = False
+    announce_expected_wait: bool = False
+    announce_frequency_seconds: int = Field(default=30, ge=5, le=3600)
+    # MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav.
+    record: bool = False
 
     @field_validator("name")
     @classmethod
@@ -258,6 +272,27 @@ class Queue(_Strict):
             raise ValueError("a pause reason is one line")
         return value
 
+    @field_validator("moh_class")
+    @classmethod
+    def _moh_class(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_RE.fullmatch(value):
+            raise ValueError("a music-on-hold class is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _announcements_fit_the_lease(self) -> Queue:
+        # An announcement plays between two AGI sessions: nobody renews the call's lease
+        # meanwhile, so the lease must outlast a whole announcement.
+        if self.announces and self.call_lease_seconds < MIN_LEASE_WITH_ANNOUNCEMENTS:
+            raise _Problems([(("call_lease_seconds",),
+                              f"a queue with announcements needs call_lease_seconds of at "
+                              f"least {MIN_LEASE_WITH_ANNOUNCEMENTS}")])
+        return self
+
+    @property
+    def announces(self) -> bool:
+        return self.announce_position or self.announce_expected_wait
+
     @property
     def overflow_destination(self) -> Destination:
         return self.overflow if self.overflow is not None else self.failover
@@ -266,6 +301,8 @@ class Queue(_Strict):
 class InboundRoute(_Strict):
     did: str
     destination: Destination
+    # For a queue destination: higher is served first (VIP numbers), 0 to 99.
+    priority: int = Field(default=0, ge=0, le=MAX_QUEUE_PRIORITY)
 
     @field_validator("did", mode="before")
     @classmethod
@@ -280,6 +317,67 @@ class InboundRoute(_Strict):
     def _destination(cls, value: Any) -> Any:
         return _destination_value(value)
 
+    @model_validator(mode="after")
+    def _priority_for_queues(self) -> InboundRoute:
+        if self.priority and self.destination.kind != "queue":
+            raise _Problems([(("priority",), "a priority only applies to a queue destination")])
+        return self
+
+
+class FeatureCodes(_Strict):
+    """What an agent dials from its phone to change its own ACD state. The pause code may
+    be followed by the digits of one of `pause_reasons`; alone it pauses with
+    `default_pause_reason`."""
+
+    login: str = "*11"
+    logout: str = "*12"
+    pause: str = "*21"
+    unpause: str = "*22"
+    pause_reasons: dict[str, str] = {"1": "break", "2": "lunch", "3": "training"}
+    default_pause_reason: str = "break"
+
+    @field_validator("login", "logout", "pause", "unpause", mode="before")
+    @classmethod
+    def _code(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not FEATURE_CODE_RE.fullmatch(value):
+            raise ValueError("a feature code is '*' and 1 to 6 digits, as a quoted string")
+        return value
+
+    @field_validator("pause_reasons")
+    @classmethod
+    def _reasons(cls, value: dict[str, str]) -> dict[str, str]:
+        for digits, reason in value.items():
+            if not PAUSE_REASON_DIGITS_RE.fullmatch(digits):
+                raise ValueError(f"pause reason code {digits!r}: 1 to 3 digits")
+            _pause_reason(reason)
+        return value
+
+    @field_validator("default_pause_reason")
+    @classmethod
+    def _default_reason(cls, value: str) -> str:
+        return _pause_reason(value)
+
+    @model_validator(mode="after")
+    def _unambiguous(self) -> FeatureCodes:
+        # The pause code takes trailing digits, so no code may begin another one.
+        names = ("login", "logout", "pause", "unpause")
+        problems: list[Problem] = []
+        for name in names:
+            for other in names:
+                mine, theirs = getattr(self, name), getattr(self, other)
+                if name != other and theirs.startswith(mine) and (
+                        mine != theirs or names.index(other) < names.index(name)):
+                    problems.append(((name,), f"feature code {mine} of {name} is the start "
+                                              f"of {other}'s {theirs}"))
+        _raise_problems(problems)
+        return self
+
+
+def _pause_reason(value: str) -> str:
+    if not value or len(value) > 200 or any(ch in value for ch in "\r\n\0"):
+        raise ValueError("a pause reason is one line of 1 to 200 characters")
+    return value
+
 
 class Tenant(_Strict):
     name: str
@@ -288,6 +386,7 @@ class Tenant(_Strict):
     trunks: list[Trunk] = []
     inbound_routes: list[InboundRoute] = []
     queues: list[Queue] = []
+    feature_codes: FeatureCodes = FeatureCodes()
 
     @field_validator("name")
     @classmethod

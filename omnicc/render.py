@@ -57,7 +57,6 @@ STACK_ASTERISK_FILES = {
         "ringcadence = 2000,4000\ndial = 350+440\nbusy = 480+620/500,0/500\n"
         "ring = 440+480/2000,0/4000\ncongestion = 480+620/250,0/250\n"
     ),
-    "musiconhold.conf": "[default]\nmode = files\ndirectory = moh\n",
 }
 
 
@@ -130,11 +129,14 @@ def render_asterisk(
         "dialplan_file": "omnicc.conf",
         "rtp_start": rtp_ports[0],
         "rtp_end": rtp_ports[1],
+        "moh_classes": sorted({q.moh_class for t in config.tenants for q in t.queues
+                               if q.moh_class and q.moh_class != "default"}),
     }
     env = _env()
     names = ["extensions.conf", "pjsip.conf"]
     if dirs is not None:
-        names += ["asterisk.conf", "modules.conf", "logger.conf", "rtp.conf"]
+        names += ["asterisk.conf", "modules.conf", "logger.conf", "rtp.conf",
+                  "musiconhold.conf"]
     written = [
         _write(out_dir / name, env.get_template(name + ".j2").render(**context)) for name in names
     ]

@@ -1,8 +1,10 @@
-"""Inbound routing: which destination a DID reaches. Pure logic, no I/O."""
+"""Inbound routing: which destination a DID reaches, and what a feature code an agent
+dialled asks for. Pure logic, no I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from omnicc.config import Destination, OmniccConfig, Tenant
 
@@ -19,6 +21,10 @@ class InboundDecision:
     agent: str = ""   # the agent extension, for agent destinations
     dial: str = ""    # the Asterisk Dial() target, built from the config only
     queue: str = ""   # the queue name, for queue destinations
+    moh_class: str = ""  # the queue's music-on-hold class ("" : Asterisk's default)
+    # The caller's priority in the queue; None leaves the channel's as it is (a failover
+    # from one queue to another keeps the priority its route gave the call).
+    priority: int | None = None
 
 
 def agent_dial(tenant: Tenant, extension: str) -> str:
@@ -26,16 +32,20 @@ def agent_dial(tenant: Tenant, extension: str) -> str:
     return f"PJSIP/kamailio/sip:{extension}@{tenant.domain}"
 
 
-def decide_destination(tenant: Tenant, did: str, dest: Destination) -> InboundDecision:
-    """Where `dest` (an inbound route's, a queue's failover or overflow) sends the call."""
+def decide_destination(tenant: Tenant, did: str, dest: Destination,
+                       priority: int | None = None) -> InboundDecision:
+    """Where `dest` (an inbound route's, a queue's failover or overflow) sends the call;
+    `priority` for a queue destination (None: keep the call's)."""
     if dest.kind == "agent":
         return InboundDecision(tenant=tenant.name, did=did, destination="agent",
                                agent=dest.target, dial=agent_dial(tenant, dest.target))
     if dest.kind == "queue":
-        if tenant.queue(dest.target) is None:
+        queue = tenant.queue(dest.target)
+        if queue is None:
             raise RoutingError(f"no queue {dest.target!r} in tenant {tenant.name}")
         return InboundDecision(tenant=tenant.name, did=did, destination="queue",
-                               queue=dest.target)
+                               queue=dest.target, moh_class=queue.moh_class or "",
+                               priority=priority)
     return InboundDecision(tenant=tenant.name, did=did, destination=dest.kind)
 
 
@@ -46,7 +56,7 @@ def decide_inbound(config: OmniccConfig, tenant_name: str, did: str) -> InboundD
     route = tenant.inbound_route(did)
     if route is None:
         raise RoutingError(f"no inbound route for DID {did!r} in tenant {tenant.name}")
-    return decide_destination(tenant, did, route.destination)
+    return decide_destination(tenant, did, route.destination, route.priority)
 
 
 def decide_agent_call(config: OmniccConfig, tenant_name: str, caller: str,
@@ -65,3 +75,35 @@ def decide_agent_call(config: OmniccConfig, tenant_name: str, caller: str,
         tenant=tenant.name, did=dialled, destination="agent", agent=dialled,
         dial=agent_dial(tenant, dialled),
     )
+
+
+class FeatureAction(StrEnum):
+    LOGIN = "login"
+    LOGOUT = "logout"
+    PAUSE = "pause"
+    UNPAUSE = "unpause"
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    action: FeatureAction
+    reason: str = ""  # the pause reason, for PAUSE
+
+
+def decide_feature_code(tenant: Tenant, dialled: str) -> FeatureRequest:
+    """What the feature code `dialled` asks for, under the tenant's `feature_codes`. The
+    agent it acts on is never taken from the digits: only the caller's own identity."""
+    codes = tenant.feature_codes
+    exact = {codes.login: FeatureAction.LOGIN, codes.logout: FeatureAction.LOGOUT,
+             codes.unpause: FeatureAction.UNPAUSE}
+    if dialled in exact:
+        return FeatureRequest(exact[dialled])
+    if dialled == codes.pause:
+        return FeatureRequest(FeatureAction.PAUSE, codes.default_pause_reason)
+    if dialled.startswith(codes.pause):
+        reason = codes.pause_reasons.get(dialled[len(codes.pause):])
+        if reason is not None:
+            return FeatureRequest(FeatureAction.PAUSE, reason)
+        raise RoutingError(f"{dialled!r}: no pause reason {dialled[len(codes.pause):]!r} "
+                           f"in tenant {tenant.name}")
+    raise RoutingError(f"{dialled!r} is not a feature code of tenant {tenant.name}")

@@ -1,8 +1,9 @@
 """`inbound_route?did=&tenant=&trunk=`: where does a call to this DID go?
 
 Sets OMNICC_DEST (agent | queue | hangup), OMNICC_AGENT and OMNICC_DIAL for agent
-destinations, OMNICC_QUEUE for queue destinations, and OMNICC_STATUS (OK, or ERROR so the
-dialplan takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang up with).
+destinations, OMNICC_QUEUE, OMNICC_QUEUE_MOH and OMNICC_PRIORITY for queue destinations,
+and OMNICC_STATUS (OK, or ERROR so the dialplan takes the failover path, with
+OMNICC_CAUSE the Q.850 cause to hang up with).
 Every decision is appended to the tenant's event stream.
 """
 
@@ -14,7 +15,7 @@ from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
-from omnicc.routing import RoutingError, decide_inbound
+from omnicc.routing import InboundDecision, RoutingError, decide_inbound
 
 log = logging.getLogger("omnicc.agi.inbound_route")
 
@@ -42,6 +43,12 @@ class InboundRoute:
             return
         await self._events.append(
             decision.tenant, "call_routed", destination=decision.destination,
-            agent=decision.agent, **common,
+            agent=decision.agent, **_queue_fields(decision), **common,
         )
         await answer_decision(session, decision)
+
+
+def _queue_fields(decision: InboundDecision) -> dict[str, str]:
+    if not decision.queue:
+        return {}
+    return {"queue": decision.queue, "priority": str(decision.priority or 0)}

@@ -1,18 +1,26 @@
 """The queue destination: the AGI scripts dialplan/omnicc.conf runs for a queued call.
 
-- `queue_call?tenant=&queue=&call=&did=&priority=`: joins the queue (or, on a later entry
-  with the same call id, keeps its place; a call another node held is adopted) and waits,
-  event-driven, for a reservation: renew the call lease, then wait_for_offer (a third of
-  the lease) raced against the caller's hang-up. Answers the dialplan with
+- `queue_call?tenant=&queue=&call=&did=&priority=&announced=`: joins the queue (or, on a
+  later entry with the same call id, keeps its place; a call another node held is adopted)
+  and waits, event-driven, for a reservation: renew the call lease, then wait_for_offer (a
+  third of the lease) raced against the caller's hang-up. Answers the dialplan with
   OMNICC_DEST=queue_agent (OMNICC_DIAL, OMNICC_AGENT, OMNICC_QUEUE_OFFERS
-  ``EXT:LEASE_UNTIL,...``, OMNICC_QUEUE_RING), or the failover destination (max wait) or
-  the overflow destination (queue full, no agent logged in) as inbound_route does
-  (OMNICC_DEST agent | queue | hangup). A caller who hangs up while waiting is abandoned
-  at once.
-- `queue_answer?tenant=&call=&offers=&agent=`: run in Dial's U() subroutine on the agent's
-  leg, before the bridge: confirms the reservation of `agent` (the leg's dialled
-  extension; the only offer when empty), fenced by that offer's lease. OMNICC_STATUS=OK,
-  or REFUSED when the reservation was lost (the dialplan hangs up the agent's leg).
+  ``EXT:LEASE_UNTIL,...``, OMNICC_QUEUE_RING, OMNICC_QUEUE_RECORDING: the file to record
+  the answered call into, empty when the queue does not record), or the failover
+  destination (max wait) or the overflow destination (queue full, no agent logged in) as
+  inbound_route does (OMNICC_DEST agent | queue | hangup). A caller who hangs up while
+  waiting is abandoned at once. In a queue with announcements, when one is due (a period
+  after the call joined or after `announced`, ms) it returns OMNICC_DEST=queue_announce
+  with OMNICC_ANNOUNCE_POSITION and OMNICC_ANNOUNCE_MINUTES (empty: not said; minutes 0:
+  less than one) and OMNICC_QUEUE_ANNOUNCED; the dialplan plays it and comes back with
+  the same call id, so the call keeps its place.
+- `queue_answer?tenant=&call=&offers=&agent=&recording=`: run in Dial's U() subroutine on
+  the agent's leg, before the bridge: confirms the reservation of `agent` (the leg's
+  dialled extension; the only offer when empty), fenced by that offer's lease.
+  OMNICC_STATUS=OK, or REFUSED when the reservation was lost (the dialplan hangs up the
+  agent's leg). With `recording` (OMNICC_QUEUE_RECORDING) of this call, answered: sets
+  OMNICC_RECORD to it (the dialplan starts MixMonitor; unset: no recording) and appends a
+  call_recording event naming the file, for reports to index.
 - `queue_result?tenant=&call=&offers=&dialstatus=`: after Dial returned. An unanswered
   ring goes back to the ACD (no_answer; the dialplan waits again, OMNICC_QUEUE_NEXT=wait);
   a connected call whose agent hung up ends (the agent goes into wrap-up,
@@ -29,15 +37,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
 from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
-from omnicc.acd import CALL_ID_RE, AcdResult, CallStatus, NoAnswerOutcome, Offer
+from omnicc.acd import CALL_ID_RE, AcdResult, CallStatus, NoAnswerOutcome, Offer, QueueStats
 from omnicc.agent_state import CallState, Refusal
+from omnicc.announcements import Announcement, expected_wait_seconds, next_announcement_ms
 from omnicc.config import EXTENSION_RE, Destination, OmniccConfig, Queue, Tenant
+from omnicc.events import EventLog
 from omnicc.routing import RoutingError, agent_dial, decide_destination
 
 log = logging.getLogger("omnicc.agi.queue_call")
@@ -84,6 +95,8 @@ class QueueStore(Protocol):
 
     async def hangup(self, tenant: str, call: str, reason: str = "caller") -> AcdResult: ...
 
+    async def queue_stats(self, tenant: str, queue: str) -> QueueStats: ...
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -128,10 +141,36 @@ def _caller(callerid: str) -> str:
     return "" if callerid in ("", "unknown") else callerid[:200]
 
 
+def _ms_or_none(text: str) -> int | None:
+    return int(text) if text.isdigit() and len(text) <= 16 else None
+
+
+def recording_file(tenant: str, queue: str, call: str, now_s: float) -> str:
+    """Where an answered call of a recording queue is recorded, relative to Asterisk's
+    monitor directory: {tenant}/{queue}/{date, UTC}/{call}.wav."""
+    return f"{tenant}/{queue}/{time.strftime('%Y-%m-%d', time.gmtime(now_s))}/{call}.wav"
+
+
+_RECORDING_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,31})/([a-z0-9][a-z0-9_-]{0,31})/"
+                           r"[0-9]{4}-[0-9]{2}-[0-9]{2}/([A-Za-z0-9][A-Za-z0-9._-]{0,79})\.wav$")
+
+
+def parse_recording_file(text: str) -> tuple[str, str, str] | None:
+    """(tenant, queue, call) of a name recording_file made; None for anything else."""
+    match = _RECORDING_RE.fullmatch(text)
+    return None if match is None else (match[1], match[2], match[3])
+
+
 class _Handler:
-    def __init__(self, config: OmniccConfig, store: QueueStore):
+    def __init__(self, config: OmniccConfig, store: QueueStore,
+                 events: EventLog | None = None):
         self._config = config
         self._store = store
+        self._events = events
+
+    async def _event(self, tenant: str, event: str, **fields: str) -> None:
+        if self._events is not None:
+            await self._events.append(tenant, event, **fields)
 
     def _target(self, session: AGISession) -> tuple[Tenant, str] | None:
         p = session.request.params
@@ -158,13 +197,17 @@ class QueueCall(_Handler):
         joined = await self._join(tenant, queue, call, _caller(session.request.callerid),
                                   did, _priority(p.get("priority", "")))
         if isinstance(joined, list) and not joined:
-            joined = await self._wait(session, tenant, queue, call)
+            joined = await self._wait(session, tenant, queue, call,
+                                      _ms_or_none(p.get("announced", "")))
         if joined is None:  # the caller hung up: nothing more to tell the dialplan
             return
         if isinstance(joined, Destination):
             await self._route(session, tenant, did, joined)
             return
-        await self._dial(session, tenant, queue, joined)
+        if isinstance(joined, Announcement):
+            await self._announce(session, tenant, queue, call, joined)
+            return
+        await self._dial(session, tenant, queue, call, joined)
 
     async def _join(self, tenant: Tenant, queue: Queue, call: str, caller: str, did: str,
                     priority: int) -> list[Offer] | Destination:
@@ -198,13 +241,18 @@ class QueueCall(_Handler):
             return offers_of(call, result.offers)
         return await self._store.current_offers(tenant.name, status)
 
-    async def _wait(self, session: AGISession, tenant: Tenant, queue: Queue,
-                    call: str) -> list[Offer] | Destination | None:
-        """Waits for a reservation; None when the caller hung up (the call is abandoned)."""
+    async def _wait(self, session: AGISession, tenant: Tenant, queue: Queue, call: str,
+                    announced_ms: int | None = None,
+                    ) -> list[Offer] | Destination | Announcement | None:
+        """Waits for a reservation; None when the caller hung up (the call is abandoned).
+        In a queue with announcements, returns the Announcement once one is due."""
         status = await self._store.call_status(tenant.name, call)
         if status is None:
             return Destination(kind="hangup")
         deadline_ms = status.enqueued_at_ms + queue.max_wait_seconds * 1000
+        announce_ms = (next_announcement_ms(status.enqueued_at_ms, announced_ms,
+                                            queue.announce_frequency_seconds)
+                       if queue.announces else None)
         step = queue.call_lease_seconds / 3
         hung_up = asyncio.ensure_future(session.wait_for_hangup())
         try:
@@ -221,8 +269,14 @@ class QueueCall(_Handler):
                     if status is None:
                         return Destination(kind="hangup")
                     return await self._resume(tenant, queue, call, status)
+                timeout_ms = remaining_ms
+                if announce_ms is not None:
+                    # Just renewed: the lease outlasts the announcement (config checks it).
+                    if _now_ms() >= announce_ms:
+                        return await self._announcement(tenant, queue, call)
+                    timeout_ms = min(timeout_ms, announce_ms - _now_ms())
                 offer = asyncio.ensure_future(self._store.wait_for_offer(
-                    tenant.name, call, max(0.05, min(step, remaining_ms / 1000))))
+                    tenant.name, call, max(0.05, min(step, timeout_ms / 1000))))
                 await asyncio.wait({offer, hung_up}, return_when=asyncio.FIRST_COMPLETED)
                 if hung_up.done():
                     offer.cancel()
@@ -236,6 +290,35 @@ class QueueCall(_Handler):
         finally:
             hung_up.cancel()
 
+    async def _announcement(self, tenant: Tenant, queue: Queue,
+                            call: str) -> Announcement | list[Offer] | Destination:
+        """What to tell the caller now; the offers instead when an agent was just reserved."""
+        status = await self._store.call_status(tenant.name, call)
+        if status is None or status.state is not CallState.WAITING or status.position is None:
+            if status is None:
+                return Destination(kind="hangup")
+            return await self._resume(tenant, queue, call, status)
+        expected = None
+        if queue.announce_expected_wait:
+            stats = await self._store.queue_stats(tenant.name, queue.name)
+            expected = expected_wait_seconds(status.position, stats, queue.wrapup_seconds)
+        return Announcement(position=status.position if queue.announce_position else None,
+                            expected_wait_seconds=expected)
+
+    async def _announce(self, session: AGISession, tenant: Tenant, queue: Queue, call: str,
+                        announcement: Announcement) -> None:
+        def said(value: int | None) -> str:
+            return "" if value is None else str(value)
+
+        await self._event(tenant.name, "call_announced", call=call, queue=queue.name,
+                          position=said(announcement.position),
+                          expected_wait_seconds=said(announcement.expected_wait_seconds))
+        await session.set_variable("OMNICC_DEST", "queue_announce")
+        await session.set_variable("OMNICC_ANNOUNCE_POSITION", said(announcement.position))
+        await session.set_variable("OMNICC_ANNOUNCE_MINUTES", said(announcement.minutes))
+        await session.set_variable("OMNICC_QUEUE_ANNOUNCED", str(_now_ms()))
+        await session.set_variable("OMNICC_STATUS", "OK")
+
     async def _route(self, session: AGISession, tenant: Tenant, did: str,
                      dest: Destination) -> None:
         try:
@@ -245,7 +328,7 @@ class QueueCall(_Handler):
             return
         await answer_decision(session, decision)
 
-    async def _dial(self, session: AGISession, tenant: Tenant, queue: Queue,
+    async def _dial(self, session: AGISession, tenant: Tenant, queue: Queue, call: str,
                     offers: Sequence[Offer]) -> None:
         await session.set_variable("OMNICC_DEST", "queue_agent")
         await session.set_variable("OMNICC_AGENT", offers[0].agent)
@@ -253,6 +336,9 @@ class QueueCall(_Handler):
                                    "&".join(agent_dial(tenant, o.agent) for o in offers))
         await session.set_variable("OMNICC_QUEUE_OFFERS", format_offers(offers))
         await session.set_variable("OMNICC_QUEUE_RING", str(queue.ring_timeout_seconds))
+        await session.set_variable(
+            "OMNICC_QUEUE_RECORDING",
+            recording_file(tenant.name, queue.name, call, time.time()) if queue.record else "")
         await session.set_variable("OMNICC_STATUS", "OK")
 
 
@@ -280,6 +366,19 @@ class QueueAnswer(_Handler):
         result = await self._store.answer(tenant.name, call, agent, lease_until_ms=lease)
         if not result.ok:
             log.info("answer of %s by %s refused: %s", call, agent, result.code)
+        recording = p.get("recording", "")
+        record = ""
+        if result.ok and recording:
+            # Only a name of this call's form: it becomes a file path and a report entry.
+            parsed = parse_recording_file(recording)
+            if parsed is not None and parsed[0] == tenant.name and parsed[2] == call:
+                record = recording
+                await self._event(tenant.name, "call_recording", call=call, queue=parsed[1],
+                                  agent=agent, recording=recording)
+            else:
+                log.warning("queue_answer: recording %r is not one of call %s", recording, call)
+        if record:  # the agent's leg is new for each Dial: nothing stale to clear
+            await session.set_variable("OMNICC_RECORD", record)
         await session.set_variable("OMNICC_STATUS", "OK" if result.ok else "REFUSED")
 
 

@@ -1,5 +1,8 @@
 """How routing handlers answer the dialplan: the channel variables of dialplan/omnicc.conf.
-Shared by inbound_route and agent_call so both speak to Asterisk the same way."""
+Shared by inbound_route, agent_call and queue_call so all speak to Asterisk the same way.
+
+A queue destination also carries OMNICC_QUEUE_MOH (the queue's music-on-hold class, empty
+for Asterisk's default) and, when the route gives one, OMNICC_PRIORITY."""
 
 from __future__ import annotations
 
@@ -27,4 +30,9 @@ async def answer_decision(session: AGISession, decision: InboundDecision) -> Non
         await session.set_variable("OMNICC_DIAL", decision.dial)
     if decision.queue:
         await session.set_variable("OMNICC_QUEUE", decision.queue)
+        # Always set: a failover from a queue with its own class to one without must not
+        # keep the first queue's music.
+        await session.set_variable("OMNICC_QUEUE_MOH", decision.moh_class)
+        if decision.priority is not None:
+            await session.set_variable("OMNICC_PRIORITY", str(decision.priority))
     await session.set_variable("OMNICC_STATUS", "OK")

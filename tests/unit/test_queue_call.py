@@ -158,7 +158,8 @@ def test_an_agent_free_at_once_is_dialled(store: FakeStore) -> None:
     assert record.variables == {
         "OMNICC_DEST": "queue_agent", "OMNICC_AGENT": "1001",
         "OMNICC_DIAL": "PJSIP/kamailio/sip:1001@acme.test",
-        "OMNICC_QUEUE_OFFERS": "1001:123", "OMNICC_QUEUE_RING": "15", "OMNICC_STATUS": "OK"}
+        "OMNICC_QUEUE_OFFERS": "1001:123", "OMNICC_QUEUE_RING": "15",
+        "OMNICC_QUEUE_RECORDING": "", "OMNICC_STATUS": "OK"}
 
 
 def test_ringall_dials_every_reserved_agent(store: FakeStore) -> None:
@@ -255,7 +256,7 @@ def test_a_full_queue_or_no_agents_overflows(store: FakeStore, code: str) -> Non
     record = run(QueueCall(CONFIG, store), "queue_call", params())
     assert store.op_names() == ["enqueue"]
     assert record.variables == {"OMNICC_DEST": "queue", "OMNICC_QUEUE": "backup",
-                                "OMNICC_STATUS": "OK"}
+                                "OMNICC_QUEUE_MOH": "", "OMNICC_STATUS": "OK"}
 
 
 def test_a_call_back_from_an_unanswered_ring_keeps_its_place(store: FakeStore) -> None:
