@@ -9,9 +9,9 @@ Per size, on a redis-server of the benchmark's own (loopback, no persistence, fl
 between sizes), through the public AcdStore API (omnicc/acd.py) as the FastAGI server uses it:
 
 - set-up: Q queues (strategies in turn: longest-idle, fewest-calls, round-robin-memory,
-  linear, random; wrap-up 0), N agents each in 3 queues (the first in turn, so every queue
-  has members, two more at random) with penalties 0, 0, 1 or 2; every agent registered,
-  logged in and paused.
+  linear, random, skills-weighted; wrap-up 0), N agents each in 3 queues (the first in
+  turn, so every queue has members, two more at random) with penalties 0, 0, 1 or 2 and
+  skills 30, 50, 70 or 90; every agent registered, logged in and paused.
 - READY -> reservation: W calls wait in every queue, each held by a caller session as
   the FastAGI server runs it (renew the call lease, then wait_for_offer on the node's
   pub/sub). One at a time, a random member of a random queue becomes READY in two ways:
@@ -88,8 +88,9 @@ FLAT_RATIO = 1.5
 
 QUEUES_PER_AGENT = 3
 PENALTIES = (0, 0, 1, 2)
-DEFAULT_STRATEGIES = (Strategy.LONGEST_IDLE, Strategy.FEWEST_CALLS,
-                      Strategy.ROUND_ROBIN_MEMORY, Strategy.LINEAR, Strategy.RANDOM)
+SKILLS = (30, 50, 70, 90)  # a member's skill in a queue (skills-weighted); few levels, so ties
+DEFAULT_STRATEGIES = (Strategy.LONGEST_IDLE, Strategy.FEWEST_CALLS, Strategy.ROUND_ROBIN_MEMORY,
+                      Strategy.LINEAR, Strategy.RANDOM, Strategy.SKILLS_WEIGHTED)
 # As a queue with the defaults of omnicc.config (ring 20 s + 5 s margin, call lease 30 s).
 RESERVATION_LEASE_MS = 25_000
 CALL_LEASE_MS = 30_000
@@ -159,18 +160,26 @@ def queue_name(index: int) -> str:
     return f"q{index}"
 
 
-def plan_memberships(size: Size, rng: random.Random) -> dict[str, list[tuple[str, int]]]:
-    """Each agent's queues and penalties: the first queue in turn (every queue gets
-    members), the others drawn at random, all distinct."""
+@dataclass(frozen=True)
+class Membership:
+    queue: str
+    penalty: int
+    skill: int
+
+
+def plan_memberships(size: Size, rng: random.Random) -> dict[str, list[Membership]]:
+    """Each agent's queues, penalties and skills: the first queue in turn (every queue
+    gets members), the others drawn at random, all distinct."""
     per_agent = min(QUEUES_PER_AGENT, size.queues)
-    plan: dict[str, list[tuple[str, int]]] = {}
+    plan: dict[str, list[Membership]] = {}
     for index in range(size.agents):
         chosen = [index % size.queues]
         while len(chosen) < per_agent:
             draw = rng.randrange(size.queues)
             if draw not in chosen:
                 chosen.append(draw)
-        plan[agent_extension(index)] = [(queue_name(q), rng.choice(PENALTIES)) for q in chosen]
+        plan[agent_extension(index)] = [
+            Membership(queue_name(q), rng.choice(PENALTIES), rng.choice(SKILLS)) for q in chosen]
     return plan
 
 
@@ -386,9 +395,9 @@ class SizeRun:
         self.result = SizeResult(size)
         self.memberships = plan_memberships(size, self.rng)
         self.members: dict[str, list[str]] = {}
-        for agent, queues in self.memberships.items():
-            for queue, _ in queues:
-                self.members.setdefault(queue, []).append(agent)
+        for agent, memberships in self.memberships.items():
+            for membership in memberships:
+                self.members.setdefault(membership.queue, []).append(agent)
         self.queues = [queue_name(i) for i in range(size.queues)]
         self.callers = CallerSessions(self.store)
         self.waiting: set[str] = set()  # calls held by a caller session, WAITING or RESERVED
@@ -438,8 +447,8 @@ class SizeRun:
             self.check(await self.store.configure_queue(
                 TENANT, queue, queue_settings(strategies[index % len(strategies)])),
                 f"configure {queue}")
-        await bounded(self.store.add_member(TENANT, queue, agent, penalty)
-                      for agent, queues in self.memberships.items() for queue, penalty in queues)
+        await bounded(self.store.add_member(TENANT, m.queue, agent, m.penalty, skill=m.skill)
+                      for agent, memberships in self.memberships.items() for m in memberships)
         await bounded(self.store.register(TENANT, agent, f"sip:{agent}@{HOST}",
                                           REGISTRATION_SECONDS) for agent in self.memberships)
         for what, request in (("login", self.store.login), ("pause", self._pause)):
@@ -951,7 +960,8 @@ def doc_section(results: Sequence[SizeResult], params: Params, command: str, whe
         "of the benchmark's own (loopback, no persistence), driven through the public "
         "`AcdStore` API by one asyncio process, as the FastAGI server drives it. Per size: "
         f"queues with the strategies {', '.join(str(s) for s in params.strategies)} in turn "
-        f"and wrap-up 0; each agent in {QUEUES_PER_AGENT} queues with penalties 0–2, "
+        f"and wrap-up 0; each agent in {QUEUES_PER_AGENT} queues with penalties 0–2 and "
+        f"skills {', '.join(map(str, SKILLS))}, "
         "registered and logged in. Three measurements, each sample checked:",
         "",
         f"- **READY → reservation**: {params.waiting_per_queue} "

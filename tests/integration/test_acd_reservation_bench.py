@@ -40,7 +40,9 @@ def tiny_params(bench: ModuleType, **changes: object) -> object:
 
 def test_a_tiny_size_passes_every_check_and_measures_each_phase(
         bench: ModuleType, acd_redis: RedisServer) -> None:  # noqa: F811
-    result = asyncio.run(bench.run_size(acd_redis.url, bench.Size(12, 6), tiny_params(bench),
+    params = tiny_params(bench)
+    queues = len(params.strategies)  # a queue of each strategy, ringall included
+    result = asyncio.run(bench.run_size(acd_redis.url, bench.Size(2 * queues, queues), params,
                                         redis_pid=acd_redis.process.pid, progress=False))
     assert result.problems == []
     for samples in (result.unpause_reply, result.unpause_offer, result.call_end_reply,
