@@ -2,8 +2,11 @@
 
 Agents of the first tenant register through Kamailio with digest credentials; a SIPp
 "carrier", sending from the tenant's first trunk address, calls each DID routed to an
-agent; each call reaches the agent's phone, is answered, talks, and ends with BYE. The
-summary puts omnicc's own record (the event stream) beside what SIPp saw.
+agent; each call reaches the agent's phone, is answered, talks, and ends with BYE. Then,
+when the tenant has a DID routed to a queue, the queue's members log in to the ACD by
+dialling the login feature code from their phones, and the carrier calls that DID: the
+ACD offers each call to a member, whose phone answers.
+The summary puts omnicc's own record (the event stream) beside what SIPp saw.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 import redis
 
 from omnicc import sipp
+from omnicc.acd import AcdSync
+from omnicc.config import Tenant
 from omnicc.events import read_events
+from omnicc.keys import agent_hash
 from omnicc.reports import format_call_summary, format_table, summarize_calls
 from omnicc.stack import Stack
 
@@ -47,6 +53,20 @@ def trunk_source_ip(address: str) -> str:
     return str(network.network_address if network.num_addresses == 1 else next(network.hosts()))
 
 
+def dial_feature_code(workdir: Path, *, proxy: str, tenant: Tenant, extension: str,
+                      code: str, local_ip: str) -> sipp.SippRun:
+    """Agent `extension` dials a feature code from its phone (digest authenticated)."""
+    agent = tenant.agent(extension)
+    assert agent is not None
+    name = f"feature-{extension}"
+    return sipp.SippRun(name, [
+        sipp.sipp_binary(), proxy, "-sf", str(sipp.SCENARIOS / "agent_feature_code.xml"),
+        "-m", "1", "-i", local_ip, "-p", "0", "-s", code, "-au", extension,
+        "-ap", agent.password, "-key", "from", extension, "-key", "domain", tenant.domain,
+        "-key", "claim", extension, "-timeout", "30s", *sipp._common(name, workdir),
+    ], workdir)
+
+
 def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
              workdir: Path | None = None,
              progress: Callable[[str], None] = print) -> DemoResult:
@@ -57,6 +77,11 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
     routes = [r for r in tenant.inbound_routes if r.destination.kind == "agent"]
     if not routes:
         raise DemoError(f"tenant {tenant.name} has no inbound route to an agent")
+    # One queue DID is enough to show a queue; its members answer the calls.
+    queue_route = next((r for r in tenant.inbound_routes if r.destination.kind == "queue"),
+                       None)
+    queue = tenant.queue(queue_route.destination.target) if queue_route else None
+    members = [m.agent for m in queue.members] if queue else []
     workdir = workdir or Path(tempfile.mkdtemp(prefix="omnicc-demo-", dir=stack.var))
     listen = config.services.listen
     proxy = f"{listen}:{config.services.kamailio.port}"
@@ -66,6 +91,10 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
     for route in routes:
         expected[route.destination.target] = expected.get(route.destination.target, 0) \
             + calls_per_did
+    for member in members:  # at most every queue call; which member gets which is the ACD's
+        expected[member] = expected.get(member, 0) + calls_per_did
+    client = redis.Redis.from_url(stack.redis_url, socket_timeout=5)
+    acd = AcdSync(client, config.node)
     start_id = f"{int(time.time() * 1000)}-0"
     phones: dict[str, tuple[int, sipp.SippRun]] = {}
     try:
@@ -92,11 +121,31 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
                 workdir, proxy=proxy, did=route.did, local_ip=carrier_ip,
                 calls=calls_per_did, talk_ms=talk_ms).start())
         sipp.wait_all(callers, timeout=60 + calls_per_did * (talk_ms / 1000 + 2))
-        for _, phone in phones.values():
-            phone.wait(timeout=15)
+        if queue_route is not None and queue is not None:
+            code = tenant.feature_codes.login
+            for member in members:
+                dial_feature_code(workdir, proxy=proxy, tenant=tenant, extension=member,
+                                  code=code, local_ip=listen).run(timeout=45)
+                state = client.hget(agent_hash(tenant.name, member), "state")
+                progress(f"  agent {member} dials {code} (login): "
+                         f"{state.decode() if state else 'OFFLINE'}")
+            progress(f"  carrier {carrier_ip} calls DID {queue_route.did} x{calls_per_did} "
+                     f"-> queue {queue.name} ({queue.strategy}, members "
+                     f"{', '.join(members)})")
+            queued = sipp.carrier_calls(workdir, proxy=proxy, did=queue_route.did,
+                                        local_ip=carrier_ip, calls=calls_per_did,
+                                        talk_ms=talk_ms, name=f"calls-{queue_route.did}")
+            callers.append(queued.start())
+            sipp.wait_all([queued], timeout=60 + calls_per_did * (talk_ms / 1000 + 2))
+        # The phones took their direct calls and any queue calls; a phone may have been
+        # offered fewer queue calls than it could take.
+        time.sleep(0.5)
     finally:
         for _, phone in phones.values():
             phone.stop()
+        for member in members:
+            # Out of the ACD again (an agent still in wrap-up too); OFFLINE already is fine.
+            acd.logout(tenant.name, member)
     for ext, (port, _) in phones.items():
         agent = tenant.agent(ext)
         assert agent is not None
@@ -105,7 +154,6 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
                             expires=0, name=f"unregister-{ext}").run(timeout=30)
 
     time.sleep(0.5)  # the hangup handler's call_end may trail the BYE by a moment
-    client = redis.Redis.from_url(stack.redis_url, socket_timeout=5)
     events = read_events(client, tenant.name, since=start_id)
     summary = summarize_calls(events)
     placed = sum(c.successful_calls + c.failed_calls for c in callers)

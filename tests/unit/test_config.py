@@ -66,8 +66,11 @@ def test_example_config_loads() -> None:
     assert [a.extension for a in tenant.agents] == ["1001", "1002"]
     assert [t.name for t in tenant.trunks] == ["demo-carrier"]
     assert [str(r.destination) for r in tenant.inbound_routes] == [
-        "agent:1001", "agent:1002", "hangup",
+        "agent:1001", "agent:1002", "hangup", "queue:support",
     ]
+    (queue,) = tenant.queues
+    assert queue.name == "support"
+    assert [(m.agent, m.penalty) for m in queue.members] == [("1001", 0), ("1002", 1)]
 
 
 def test_without_asterisk_nodes_the_dispatcher_uses_the_local_asterisk() -> None:
@@ -106,7 +109,8 @@ ONE_MISTAKE = [
     ("upper-case-domain", [("domain: default.omnicc.test", "domain: Default.omnicc.test")],
      "tenants[0].domain", "lower-case host name", "Default.omnicc.test"),
     ("duplicate-agent-extension",
-     [('extension: "1002"', 'extension: "1001"'), ('"agent:1002"', '"agent:1001"')],
+     [('extension: "1002"', 'extension: "1001"'), ('"agent:1002"', '"agent:1001"'),
+      (', {agent: "1002", penalty: 1}', "")],
      "tenants[0].agents[1].extension", "duplicate agent extension '1001'", "Bob"),
     ("duplicate-did", [('did: "5550199"', 'did: "5550100"')],
      "tenants[0].inbound_routes[2].did", "duplicate inbound route DID '5550100'", "hangup"),
@@ -249,6 +253,7 @@ def test_several_reference_mistakes_in_one_tenant_are_all_reported() -> None:
     text = example_with(
         ('extension: "1002"', 'extension: "1001"'),  # duplicate; agent 1002 now missing
         ('did: "5550199"', 'did: "5550100"'),  # duplicate DID
+        (', {agent: "1002", penalty: 1}', ""),  # (the queue member is another check)
     )
     problems = problems_of(text)
     assert sorted(problems) == sorted([
@@ -283,12 +288,15 @@ def test_unquoted_numbers_keep_the_digits_as_written() -> None:
     text = example_with(
         ('extension: "1002"', "extension: 0102"),
         ('"agent:1002"', '"agent:0102"'),
+        ('agent: "1002"', "agent: 0102"),
         ('did: "5550101"', "did: +15550101"),
         ('did: "5550100"', "did: 5550100"),
     )
     tenant = parse_config(text).tenants[0]
     assert [a.extension for a in tenant.agents] == ["1001", "0102"]
-    assert [r.did for r in tenant.inbound_routes] == ["5550100", "+15550101", "5550199"]
+    assert [r.did for r in tenant.inbound_routes] == ["5550100", "+15550101", "5550199",
+                                                      "5550102"]
+    assert tenant.queues[0].members[1].agent == "0102"
 
 
 def test_a_number_with_underscores_is_not_silently_a_did() -> None:

@@ -105,3 +105,63 @@ def test_formatted_columns_line_up() -> None:
 def test_formatted_empty_summary_still_has_a_total_row() -> None:
     lines = format_call_summary(CallSummary()).splitlines()
     assert lines[2].split() == ["total", "0", "0", "0.0"]
+
+
+# ---------------------------------------------------------------------------- queued calls
+
+
+def queued_call(call: str, agent: str, *, wait_ms: str = "1500", talk_ms: str = "4000",
+                queue: str = "support") -> list[dict[str, str]]:
+    """A queued call as the stream has it: the channel's events and the ACD's."""
+    return [
+        routed(destination="queue") | {"queue": queue},
+        {"event": "call_enqueued", "call": call, "queue": queue},
+        {"event": "call_reserved", "call": call, "queue": queue, "agent": agent},
+        {"event": "call_answered", "call": call, "queue": queue, "agent": agent,
+         "wait_ms": wait_ms},
+        {"event": "call_ended", "call": call, "queue": queue, "agent": agent,
+         "talk_ms": talk_ms},
+        # The channel's end: with ringall its agent may be another than the ACD's.
+        {"event": "call_ended", "uniqueid": call, "destination": "queue_agent",
+         "agent": "1001", "dialstatus": "ANSWER", "answered_seconds": "5"},
+    ]
+
+
+def test_queued_calls_count_for_the_agent_the_acd_connected_and_for_their_queue() -> None:
+    events = [
+        *queued_call("c1", "1001", wait_ms="1000", talk_ms="4000"),
+        *queued_call("c2", "1002", wait_ms="3000", talk_ms="2500"),
+        {"event": "call_recording", "call": "c2", "queue": "support", "agent": "1002",
+         "recording": "default/support/2026-11-26/c2.wav"},
+        {"event": "call_enqueued", "call": "c3", "queue": "support"},
+        {"event": "call_reserved", "call": "c3", "queue": "support", "agent": "1002"},
+        {"event": "call_abandoned", "call": "c3", "queue": "support"},
+        {"event": "call_overflowed", "call": "c4", "queue": "sales"},
+        {"event": "call_failed_over", "call": "c5", "queue": "sales"},
+    ]
+    summary = summarize_calls(events)
+    assert summary.by_agent == {
+        "1001": AgentCalls("1001", offered=1, answered=1, talk_seconds=4.0),
+        "1002": AgentCalls("1002", offered=2, answered=1, talk_seconds=2.5),
+    }
+    assert (summary.routed, summary.ended) == (2, 2)
+    support, sales = summary.by_queue["support"], summary.by_queue["sales"]
+    assert (support.entered, support.answered, support.abandoned) == (3, 2, 1)
+    assert support.average_wait_seconds == pytest.approx(2.0)
+    assert support.recordings == ["default/support/2026-11-26/c2.wav"]
+    assert (sales.entered, sales.overflowed, sales.failed_over) == (0, 1, 1)
+    assert sales.average_wait_seconds is None
+
+    text = format_call_summary(summary)
+    queue_lines = text.split("\n\n")[-1].splitlines()
+    assert queue_lines[0].split() == ["queue", "entered", "answered", "abandoned", "failed",
+                                      "over", "overflowed", "avg", "wait", "s", "recorded"]
+    assert [line.split() for line in queue_lines[2:]] == [
+        ["sales", "0", "0", "0", "1", "1", "-", "0"],
+        ["support", "3", "2", "1", "0", "0", "2.0", "1"],
+    ]
+
+
+def test_without_queued_calls_there_is_no_queue_table() -> None:
+    text = format_call_summary(summarize_calls([routed("1001"), ended("1001")]))
+    assert "queue" not in text
