@@ -493,11 +493,12 @@ class SizeRun:
                 last_report = time.perf_counter()
                 self.say(f"  {index + 1}/{total} samples")
         await self.stop_slowlog()
-        # The callers hang up; every agent becomes READY for the enqueue phase.
+        # The callers hang up (their sessions end first: one renewing a call just abandoned
+        # would be refused); every agent becomes READY for the enqueue phase.
+        await self.callers.close()
         for call in sorted(self.waiting):
             self.check(await self.store.abandon(TENANT, call, "bench_phase_over"),
                        f"abandon {call}")
-        await self.callers.close()
         self.waiting.clear()
         results = await bounded(self.store.unpause(TENANT, agent) for agent in self.memberships)
         refused = [r for r in results if r is not None and (not r.ok or r.offers)]
