@@ -143,9 +143,11 @@ def test_feature_codes_log_in_pause_unpause_and_log_out_the_calling_agent(
         run = dial_code(features_stack, sipp_dir, "1001", "*19", name="code-unknown")
         assert final_status(run) == 404
         assert not agent_got_bye(run)
+        assert "SIP/2.0 183 Session Progress" in run.first_lines()  # the error beep
         # Logged out already: the ACD refuses a second logout, 403.
         run = dial_code(features_stack, sipp_dir, "1001", "*12", name="code-refused")
         assert final_status(run) == 403
+        assert "SIP/2.0 183 Session Progress" in run.first_lines()
     events = wait_for_events(features_stack, since, {"agent_login", "agent_paused",
                                                      "agent_unpaused", "agent_logout"})
     mine = [(e["event"], e.get("reason", "")) for e in events

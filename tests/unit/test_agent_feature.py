@@ -55,8 +55,10 @@ def test_codes_and_reasons_from_the_file() -> None:
     ('login: "*1a"', "a feature code is '*' and 1 to 6 digits"),
     ('login: "*1234567"', "a feature code is '*' and 1 to 6 digits"),
     ("login: 11", "a feature code is '*' and 1 to 6 digits"),
-    ('unpause: "*21"', "tenants[0].feature_codes.unpause: feature code *21 of unpause is the "
-                       "start of pause's *21"),
+    ('unpause: "*21"', "tenants[0].feature_codes.unpause: feature code *21 of unpause is "
+                       "pause's too"),
+    ('logout: "*11"', "tenants[0].feature_codes.logout: feature code *11 of logout is "
+                      "login's too"),
     ('unpause: "*211"', "tenants[0].feature_codes.pause: feature code *21 of pause is the "
                         "start of unpause's *211"),
     ('pause_reasons: {"1234": x}', "pause reason code '1234': 1 to 3 digits"),
