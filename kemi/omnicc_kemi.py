@@ -30,8 +30,14 @@ from omnicc.sip_auth import (  # noqa: E402
     parse_authorization,
     registration_ttl,
 )
-from omnicc.sip_policy import Source, SourcePolicy  # noqa: E402
-from omnicc.sip_security import ALLOWED_METHODS, BanList, is_scanner  # noqa: E402
+from omnicc.sip_policy import Classified, Source, SourcePolicy  # noqa: E402
+from omnicc.sip_security import (  # noqa: E402
+    ALLOWED_METHODS,
+    BanList,
+    BanRecordError,
+    EdgeGuard,
+    is_scanner,
+)
 
 # Headers only omnicc may set: stripped from everything that enters from outside.
 INTERNAL_HEADERS = ("X-Omnicc-Tenant", "X-Omnicc-Trunk", "X-Omnicc-Agent")
@@ -41,6 +47,22 @@ ASTERISK_SILENCE_TIMEOUT_MS = 3000
 REG_SAVE_NO_REPLY = 0x02  # save() flag: the script sends the reply (reg_send_reply)
 AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
 ASTERISK_RING_TIMEOUT_MS = 120000
+
+
+class NodeHtables:
+    """The node's htables (kamailio.cfg.j2 declares them), for EdgeGuard."""
+
+    def get(self, table, key):
+        return KSR.htable.sht_get(table, key)
+
+    def set_expiring(self, table, key, value, seconds):
+        KSR.htable.sht_setxs(table, key, value, seconds)
+
+    def increment(self, table, key):
+        return KSR.htable.sht_inc(table, key)
+
+    def remove(self, table, key):
+        KSR.htable.sht_rm(table, key)
 
 
 def one_line_traceback():
@@ -57,7 +79,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.config = None
         self.policy = None
         self.auth = None
-        self.bans = None
+        self.guard = None
         self.redis = None
         self._acd = None
 
@@ -76,7 +98,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.auth = AgentAuthenticator.from_config(
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client
             )
-            self.bans = BanList(client, self.config.node)
+            self.guard = EdgeGuard(NodeHtables(), BanList(client, self.config.node),
+                                   self.config.security)
             self.redis = client
         except Exception as exc:  # config, secrets, keys: the log must say which
             KSR.err(f"omnicc: cannot start with config {path}: {' '.join(str(exc).split())}\n")
@@ -96,6 +119,12 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def route_request(self):
         peer = self.policy.classify(KSR.pv.get("$si"), KSR.pv.geti("$sp"))
+        if peer.source is Source.KAMAILIO:
+            if KSR.pv.get("$rm") == "KDMQ":
+                # Another omnicc node replicating registrations and bans (DMQ).
+                KSR.dmq.handle_message()
+                return
+            peer = Classified(Source.UNTRUSTED)  # anything else: as anyone else's
         if peer.source is Source.UNTRUSTED and not self.screen_untrusted():
             return
         if KSR.maxfwd.process_maxfwd(10) < 0:
@@ -140,32 +169,42 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.route_from_agent()
 
     def screen_untrusted(self):
-        """Bans, flood, scanners, size: False if the request must go no further."""
+        """Bans, scanners, flood, size: False if the request must go no further. All in
+        the node's own memory: a stranger costs no Redis round trip."""
         ip = KSR.pv.get("$si")
         security = self.config.security
+        if self.guard.is_banned(ip):
+            return False  # dropped without a reply
         # Scanners name themselves in the User-Agent, and some still do in the From
         # display name after the User-Agent was changed.
         if (is_scanner(KSR.pv.get("$ua"), security.scanner_user_agents)
                 or is_scanner(KSR.pv.get("$fn"), security.scanner_user_agents)):
-            # Dropped whatever happens to the ban list: that needs no Redis.
-            try:
-                self.bans.ban(ip, "scanner", security.ban_seconds)
-                KSR.info(f"omnicc: banned scanner {ip}\n")
-            except Exception:
-                KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+            self.ban(ip, "scanner")
             return False
-        try:
-            if self.bans.count(ip, "flood", limit=security.flood_requests,
-                               window=security.flood_window_seconds,
-                               ban_seconds=security.ban_seconds, reason="flood"):
-                return False  # banned: dropped without a reply
-        except Exception:
-            # Redis unreachable: keep serving (authentication still guards every request).
-            KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+        if self.count(self.guard.count_request, ip, "flood"):
+            return False
         if KSR.pv.geti("$ml") > security.max_message_bytes:
             KSR.sl.sl_send_reply(513, "Message Too Large")
             return False
         return True
+
+    def ban(self, ip, reason):
+        try:
+            self.guard.ban(ip, reason)
+        except BanRecordError:
+            KSR.err(f"omnicc: ban of {ip} not recorded in Redis: {one_line_traceback()}\n")
+        KSR.info(f"omnicc: banned {ip}: {reason}\n")
+
+    def count(self, counter, ip, reason):
+        """Count one event from ip; True if that banned it."""
+        try:
+            banned = counter(ip)
+        except BanRecordError:
+            KSR.err(f"omnicc: ban of {ip} not recorded in Redis: {one_line_traceback()}\n")
+            banned = True
+        if banned:
+            KSR.info(f"omnicc: banned {ip}: {reason}\n")
+        return banned
 
     # ------------------------------------------------------------------ routes
     def route_within_dialog(self, peer):
@@ -191,41 +230,46 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if peer.source is not Source.UNTRUSTED:
             KSR.sl.sl_send_reply(403, "Trusted Peers Do Not Register")
             return
-        identity = self.authenticate("$tU", "$td")
+        # The Contact parsed here: Kamailio's pv transformation logs an error for every
+        # Contact without header parameters, which is most of them.
+        contact_header = (KSR.pv.get("$ct") or "").strip()
+        ttl = registration_ttl(KSR.pv.get("$hdr(Expires)"), contact_expires(contact_header))
+        leaving = contact_header == "*" or (contact_header and ttl == 0)
+        # The ACD hears of a new binding in the same Redis round trip that checks the
+        # agent's credentials are not revoked, so whoever sees the 200 OK sees the agent
+        # reachable. (A REGISTER without Contact only asks for the bindings.)
+        publish = (f"{self.config.node} {contact_uri(contact_header)}"
+                   if contact_header and not leaving else "")
+        identity = self.authenticate("$tU", "$td", publish_contact=publish, ttl=ttl)
         if identity is None:
             return
         # An agent behind NAT: register the address it came from, not the one it wrote.
         if KSR.nathelper.nat_uac_test(19) > 0:
             KSR.nathelper.fix_nated_register()
-        # Saved without its reply; the ACD hears of the binding first, so whoever sees the
-        # 200 OK also sees the agent reachable (or, for Expires: 0, gone).
         if KSR.registrar.save("location", REG_SAVE_NO_REPLY) < 0:
+            if publish:
+                self.forget_contact(identity)
             KSR.sl.sl_reply_error()
             return
-        self.publish_reachability(identity)
+        if leaving:
+            self.withdraw(identity)
         KSR.registrar.reg_send_reply()
 
-    def publish_reachability(self, identity):
-        """Tell the ACD the agent's phone is reachable, for as long as its binding lives
-        (only a registered agent can be READY)."""
-        # The Contact parsed here: Kamailio's pv transformation logs an error for every
-        # Contact without header parameters, which is most of them.
-        contact_header = KSR.pv.get("$ct")
-        ttl = registration_ttl(KSR.pv.get("$hdr(Expires)"), contact_expires(contact_header))
-        key = agent_contact(identity.tenant.name, identity.extension)
+    def withdraw(self, identity):
+        """The agent unregistered: the ACD takes it OFFLINE now (a ringing reservation is
+        withdrawn), not when matching next meets it — before the 200 OK is sent."""
         try:
-            if ttl == 0 or (contact_header or "").strip() == "*":
-                # Unregistered: the ACD takes the agent OFFLINE now (a ringing
-                # reservation is withdrawn), not when matching next meets it.
-                try:
-                    self.acd().unregister(identity.tenant.name, identity.extension)
-                finally:
-                    self.redis.delete(key)  # whatever the ACD said, it is unreachable
-            else:
-                contact = contact_uri(contact_header)
-                self.redis.set(key, f"{self.config.node} {contact}", ex=ttl)
+            self.acd().unregister(identity.tenant.name, identity.extension)
         except Exception:
-            KSR.err(f"omnicc: cannot publish reachability: {one_line_traceback()}\n")
+            KSR.err(f"omnicc: cannot tell the ACD of an unregistration: "
+                    f"{one_line_traceback()}\n")
+        self.forget_contact(identity)  # whatever the ACD said, it is unreachable
+
+    def forget_contact(self, identity):
+        try:
+            self.redis.delete(agent_contact(identity.tenant.name, identity.extension))
+        except Exception:
+            KSR.err(f"omnicc: cannot withdraw reachability: {one_line_traceback()}\n")
 
     def route_to_agent(self):
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""
@@ -290,9 +334,10 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         return 1
 
     # ------------------------------------------------------------------ helpers
-    def authenticate(self, user_pv, domain_pv):
-        """Authenticate an agent (bearer token or digest). Returns its identity, or None
-        when a challenge or refusal has been sent."""
+    def authenticate(self, user_pv, domain_pv, *, publish_contact="", ttl=0):
+        """Authenticate an agent (bearer token or digest), then admit it (not disabled, its
+        token not revoked; for a REGISTER its reachability published). Returns its
+        identity, or None when a challenge or refusal has been sent."""
         domain = KSR.pv.get(domain_pv) or ""
         user = KSR.pv.get(user_pv) or ""
         tenant = self.config.tenant_by_domain(domain.lower())
@@ -324,6 +369,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             else:
                 self.challenge(tenant.domain, register)
                 return None
+            self.auth.admit(identity, publish_contact=publish_contact, ttl=ttl)
         except AuthFailure as failure:
             self.auth_failed(failure.reason, counts=failure.counts)
             self.challenge(tenant.domain, register)
@@ -339,16 +385,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def auth_failed(self, reason, counts=True):
         ip = KSR.pv.get("$si")
-        security = self.config.security
         KSR.info(f"omnicc: authentication failed from {ip}: {reason}\n")
-        if not counts:
-            return
-        try:
-            self.bans.count(ip, "authfail", limit=security.auth_failures,
-                            window=security.auth_failure_window_seconds,
-                            ban_seconds=security.ban_seconds, reason="auth-failures")
-        except Exception:
-            KSR.err(f"omnicc: ban list unavailable: {one_line_traceback()}\n")
+        if counts:
+            self.count(self.guard.count_auth_failure, ip, "auth-failures")
 
     def acd(self):
         if self._acd is None:

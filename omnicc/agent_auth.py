@@ -1,11 +1,14 @@
 """Who an agent's credentials prove it to be — the decisions behind the KEMI script's
 authentication, with the SIP I/O left to Kamailio.
 
-Bearer tokens are verified here completely (signature, claims, the AOR, revocation and
-disabled agents in Redis). Digest is split: this module says which password the request
-must prove (the agent's static one, the HMAC of an ephemeral username, or a decoy nobody
-holds), and Kamailio's pv_auth_check does the nonce arithmetic. Every failure looks the
-same from outside, whether the extension exists or not.
+Credentials are checked in the worker's own memory first: a bearer token's signature and
+claims (cached per worker) and the AOR; for digest this module says which password the
+request must prove (the agent's static one, the HMAC of an ephemeral username, or a decoy
+nobody holds) and Kamailio's pv_auth_check does the nonce arithmetic. Then `admit` asks
+Redis, in one round trip, whether the agent is disabled or the token revoked — never
+cached, so a revocation takes effect on the next request — and, for a REGISTER, publishes
+the agent's reachability for the ACD in the same step. Every failure looks the same from
+outside, whether the extension exists or not.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from omnicc.auth_secrets import read_digest_secret, resolve_secret_files
 from omnicc.config import OmniccConfig, Tenant
 from omnicc.ephemeral import EphemeralError, parse_username, password_for, tenant_secret
-from omnicc.keys import agent_disabled, revoked_jti
+from omnicc.keys import agent_contact, agent_disabled, revoked_jti
 from omnicc.sip_auth import decoy_password
 from omnicc.tokens import Jwks, TokenCache, TokenError, load_jwks
 
@@ -44,6 +47,20 @@ class AuthFailure(Exception):
 class AgentIdentity:
     tenant: Tenant
     extension: str
+    jti: str | None = None  # the bearer token's id: admit() checks its revocation
+
+
+# One round trip per authenticated request: refuse a disabled agent or a revoked token,
+# else (for a REGISTER) publish the agent's reachability for the ACD. Every key is the
+# tenant's ({t:T}): one Redis Cluster slot.
+# KEYS: disabled flag, revoked-token flag (the disabled flag again without a token),
+# contact key. ARGV: contact to publish ('' for none), its TTL in seconds.
+# Returns 1 if refused, else 0.
+ADMIT_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 1 end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[3], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return 0
+"""
 
 
 class AgentAuthenticator:
@@ -58,6 +75,7 @@ class AgentAuthenticator:
         self._jwks_path = jwks_path
         self._jwks_mtime = _mtime(jwks_path)
         self._jwks_checked = 0.0
+        self._admit = redis.register_script(ADMIT_LUA)
 
     @classmethod
     def from_config(cls, config: OmniccConfig, config_path: str | Path, var_dir: str | Path,
@@ -84,16 +102,21 @@ class AgentAuthenticator:
     def identity(self, tenant: Tenant, extension: str) -> AgentIdentity:
         return AgentIdentity(tenant, extension)
 
-    def _blocked(self, tenant: Tenant, extension: str, jti: str | None) -> bool:
-        """Disabled agent or revoked token: one Redis round trip. If Redis cannot say,
-        refuse — a revoked token must never be honoured."""
-        keys = [agent_disabled(tenant.name, extension)]
-        if jti:
-            keys.append(revoked_jti(tenant.name, jti))
+    def admit(self, identity: AgentIdentity, *, publish_contact: str = "",
+              ttl: int = 0) -> None:
+        """Refuse a disabled agent or a revoked token (AuthFailure); else, when
+        `publish_contact` is given, mark the agent reachable for `ttl` seconds. If Redis
+        cannot say, refuse — a revoked token must never be honoured."""
+        tenant, extension = identity.tenant.name, identity.extension
+        disabled = agent_disabled(tenant, extension)
+        revoked = revoked_jti(tenant, identity.jti) if identity.jti else disabled
         try:
-            return any(value is not None for value in self._redis.mget(keys))
+            refused = self._admit(keys=[disabled, revoked, agent_contact(tenant, extension)],
+                                  args=[publish_contact, max(int(ttl), 1)])
         except Exception as exc:  # redis.RedisError and socket errors alike
             raise AuthFailure(f"revocation state unavailable: {exc}", counts=False) from None
+        if refused:
+            raise AuthFailure("disabled agent or revoked token")
 
     def check_bearer(self, token: str, tenant: Tenant, aor_user: str,
                      now: float) -> AgentIdentity:
@@ -102,16 +125,16 @@ class AgentAuthenticator:
         if tenant.agent(aor_user) is None:
             raise AuthFailure("bearer: no such agent")
         try:
+            # Revocation is not checked here but by admit(), in the same round trip as
+            # everything else this request needs from Redis.
             claims = self._cache.verify(
-                token, self._jwks, issuer=jwt.issuer, audience=tenant.domain, now=now,
-                is_revoked=lambda jti: self._blocked(tenant, aor_user, jti),
-            )
+                token, self._jwks, issuer=jwt.issuer, audience=tenant.domain, now=now)
         except TokenError as exc:
             raise AuthFailure(f"bearer: {exc.reason}") from None
         if claims.subject != aor_user:
             # A token of agent A presented as agent B.
             raise AuthFailure("bearer: token subject is not the AOR")
-        return AgentIdentity(tenant, aor_user)
+        return AgentIdentity(tenant, aor_user, claims.jti)
 
     def digest_password(self, tenant: Tenant, aor_user: str, auth_user: str,
                         now: float) -> str:
@@ -123,12 +146,9 @@ class AgentAuthenticator:
                 return decoy_password()  # expired or malformed: fails like a wrong password
             if extension != aor_user or tenant.agent(extension) is None:
                 return decoy_password()
-            if self._blocked(tenant, extension, None):
-                return decoy_password()
             return password_for(tenant_secret(self._digest_secret, tenant.name), auth_user)
         agent = tenant.agent(aor_user)
         if (agent is None or auth_user != aor_user
-                or not self._config.auth.digest.allow_static_passwords
-                or self._blocked(tenant, aor_user, None)):
+                or not self._config.auth.digest.allow_static_passwords):
             return decoy_password()
         return agent.password

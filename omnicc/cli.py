@@ -91,12 +91,40 @@ def _bans_table(stack) -> str:
 def cmd_unban(args: argparse.Namespace) -> int:
     import ipaddress
 
+    from omnicc import kamailio_rpc
+    from omnicc.sip_security import BANS_TABLE, EDGE_TABLES
+
     try:
         ip = str(ipaddress.ip_address(args.ip))
     except ValueError:
         print(f"omnicc unban: not an IP address: {args.ip!r}", file=sys.stderr)
         return 2
-    if _ban_list(_stack(args)).unban(ip):
+    stack = _stack(args)
+    recorded = _ban_list(stack).unban(ip)
+    # The ban is enforced in Kamailio's memory: lift it there too (and with it the
+    # address's counters). This node passes the deletion on to its DMQ peers.
+    fifo = kamailio_rpc.fifo_path(stack.run_dir)
+    enforced = False
+    try:
+        try:
+            kamailio_rpc.call(fifo, "htable.get", BANS_TABLE, ip)
+            enforced = True
+        except kamailio_rpc.KamailioRpcError as exc:
+            if not kamailio_rpc.is_missing_key(exc):
+                raise
+        for table in EDGE_TABLES:
+            try:
+                kamailio_rpc.call(fifo, "htable.delete", table, ip)
+            except kamailio_rpc.KamailioRpcError as exc:
+                if not kamailio_rpc.is_missing_key(exc):
+                    raise
+    except kamailio_rpc.KamailioRpcError as exc:
+        print(f"omnicc unban: cannot reach the local Kamailio ({exc}): its ban of {ip} "
+              "lasts until it expires", file=sys.stderr)
+        if recorded:
+            print(f"{ip}: ban record removed")
+        return 1
+    if recorded or enforced:
         print(f"{ip}: ban lifted")
         return 0
     print(f"{ip}: not banned")

@@ -8,6 +8,7 @@ can go straight to the line.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -112,6 +113,24 @@ class AsteriskNode(_Strict):
 
     host: str
     port: Port = 5080  # the same default as services.asterisk.port
+
+    @field_validator("host")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.host}:{self.port}"
+
+
+class KamailioNode(_Strict):
+    """A Kamailio node of the cluster: the nodes replicate registrations and bans to one
+    another over DMQ (KDMQ requests, accepted only from these addresses and ports)."""
+
+    host: str
+    port: Port = 5060  # its SIP port (the same default as services.kamailio.port)
 
     @field_validator("host")
     @classmethod
@@ -457,8 +476,13 @@ class Tenant(_Strict):
         _raise_problems(problems)
         return self
 
+    @functools.cached_property
+    def _agents_by_extension(self) -> dict[str, Agent]:
+        return {a.extension: a for a in self.agents}
+
     def agent(self, extension: str) -> Agent | None:
-        return next((a for a in self.agents if a.extension == extension), None)
+        # A dict: the KEMI script asks on every authenticated request.
+        return self._agents_by_extension.get(extension)
 
     def inbound_route(self, did: str) -> InboundRoute | None:
         return next((r for r in self.inbound_routes if r.did == did), None)
@@ -525,6 +549,8 @@ class OmniccConfig(_Strict):
     security: Security = Security()
     # Asterisk nodes behind Kamailio's dispatcher; empty means the local stack's Asterisk.
     asterisk_nodes: list[AsteriskNode] = []
+    # Every Kamailio node of the cluster (this one may be listed too). Empty: one node.
+    kamailio_nodes: list[KamailioNode] = []
     tenants: list[Tenant] = Field(min_length=1)
 
     @field_validator("node")
@@ -562,11 +588,23 @@ class OmniccConfig(_Strict):
             return list(self.asterisk_nodes)
         return [AsteriskNode(host=self.services.listen, port=self.services.asterisk.port)]
 
+    @property
+    def kamailio_peers(self) -> list[KamailioNode]:
+        """The other Kamailio nodes of the cluster (DMQ peers of this one)."""
+        me = (ipaddress.ip_address(self.services.listen), self.services.kamailio.port)
+        return [n for n in self.kamailio_nodes
+                if (ipaddress.ip_address(n.host), n.port) != me]
+
     def tenant(self, name: str) -> Tenant | None:
         return next((t for t in self.tenants if t.name == name), None)
 
+    @functools.cached_property
+    def _tenants_by_domain(self) -> dict[str, Tenant]:
+        return {t.domain: t for t in self.tenants}
+
     def tenant_by_domain(self, domain: str) -> Tenant | None:
-        return next((t for t in self.tenants if t.domain == domain), None)
+        # A dict: the KEMI script asks on every request.
+        return self._tenants_by_domain.get(domain)
 
 
 def _leads_back(queues: list[Queue], start: str) -> bool:

@@ -14,11 +14,9 @@ from pathlib import Path
 import jinja2
 
 from omnicc.config import OmniccConfig
+from omnicc.sip_security import htable_definitions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Kamailio's registrar (usrloc over db_redis) keeps its table in its own Redis database.
-REGISTRAR_REDIS_DB = 1
-DB_REDIS_SCHEMA = "/usr/share/kamailio/db_redis/kamailio"
 KEMI_SCRIPT = REPO_ROOT / "kemi" / "omnicc_kemi.py"
 DIALPLAN_FILE = REPO_ROOT / "dialplan" / "omnicc.conf"
 
@@ -95,8 +93,8 @@ def render_kamailio(
         log_stderr=log_stderr,
         children=children,
         tcp_children=max(2, children // 2),
-        registrar_db=REGISTRAR_REDIS_DB,
-        db_redis_schema=DB_REDIS_SCHEMA,
+        htables=htable_definitions(config.security, replicate_bans=bool(config.kamailio_peers)),
+        dmq_peers=config.kamailio_peers,
     )
     lines = ["# dispatcher.list — the Asterisk nodes (set 1), rendered by omnicc",
              "# setid destination flags priority attributes"]

@@ -1,8 +1,8 @@
 """Who sent a SIP request, and which tenant it belongs to: pure logic for the KEMI script.
 
 Kamailio is omnicc's only SIP door. Every initial request is first classified by its
-source: an Asterisk node of ours, a trusted peer (carrier, SBC, PBX) admitted by address,
-or anyone else — who must then authenticate as an agent.
+source: an Asterisk node of ours, another Kamailio node of ours (DMQ only), a trusted peer
+(carrier, SBC, PBX) admitted by address, or anyone else — who must then authenticate as an agent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from omnicc.config import OmniccConfig, Tenant, Trunk
 
 class Source(enum.Enum):
     ASTERISK = "asterisk"  # one of our Asterisk nodes (matched by address and port)
+    KAMAILIO = "kamailio"  # another Kamailio node of ours (address and port): DMQ only
     TRUNK = "trunk"        # a carrier/SBC/PBX of some tenant (matched by address or subnet)
     UNTRUSTED = "untrusted"  # everyone else: agents, who must authenticate, and strangers
 
@@ -35,6 +36,9 @@ class SourcePolicy:
         self._asterisk = {
             (ipaddress.ip_address(n.host), n.port) for n in config.dispatcher_nodes
         }
+        self._kamailio = {
+            (ipaddress.ip_address(n.host), n.port) for n in config.kamailio_peers
+        }
         # Most specific first, so a /32 PBX inside a carrier's /24 wins, and on the same
         # network a trunk bound to one port wins over one that takes any port.
         trunks = [
@@ -51,6 +55,8 @@ class SourcePolicy:
             return Classified(Source.UNTRUSTED)
         if (addr, port) in self._asterisk:
             return Classified(Source.ASTERISK)
+        if (addr, port) in self._kamailio:
+            return Classified(Source.KAMAILIO)
         for network, trunk_port, tenant, trunk in self._trunks:
             if addr in network and (trunk_port is None or trunk_port == port):
                 return Classified(Source.TRUNK, tenant, trunk)

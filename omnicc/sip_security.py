@@ -1,5 +1,6 @@
 """The SIP edge's defences: scanner detection, method and size policy, and per-IP bans
-kept in Redis so every Kamailio node shares them and `omnicc status` can list them.
+enforced in each Kamailio node's own memory (htables, shared between nodes by DMQ) and
+recorded in Redis so `omnicc status` can list them and `omnicc unban` lift them.
 
 Trusted peers never reach these checks: OMniLeads once banned its own Asterisk with an
 anti-flood rule; omnicc exempts Asterisk nodes, trunks and the PBX by construction.
@@ -11,7 +12,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # The methods omnicc needs; anything else is answered 405.
 ALLOWED_METHODS = frozenset({
@@ -26,27 +27,44 @@ def is_scanner(user_agent: str | None, patterns: Iterable[str]) -> bool:
 
 
 def ban_key(ip: str) -> str:
-    # {ip:...}: the ban and its counters share one Redis Cluster slot (one Lua script).
+    # {ip:...}: one Redis Cluster slot per address for its record.
     return "{ip:" + ip + "}:ban"
 
 
-def counter_key(ip: str, what: str) -> str:
-    return "{ip:" + ip + "}:" + what
+# Kamailio htables (shared memory of one node; kamailio.cfg.j2 declares them) that hold
+# what the edge counts and enforces per source address. Nothing here costs a Redis round
+# trip: a request from a stranger is screened in the node's own memory.
+BANS_TABLE = "bans"          # ip -> reason, each with its own expiry (replicated by DMQ)
+FLOOD_TABLE = "flood"        # ip -> requests since its window opened
+AUTHFAIL_TABLE = "authfail"  # ip -> authentication failures since its window opened
+EDGE_TABLES = (BANS_TABLE, FLOOD_TABLE, AUTHFAIL_TABLE)
 
 
-# Returns 1 if the source is banned (before or because of this request), else 0.
-# KEYS: ban, counter. ARGV: window seconds, limit, ban seconds, ban record (JSON).
-COUNT_AND_BAN_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-local n = redis.call('INCR', KEYS[2])
-if n == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1])) end
-if n > tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[1], ARGV[4], 'EX', tonumber(ARGV[3]))
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
+def htable_definitions(security: Any, *, replicate_bans: bool) -> dict[str, str]:
+    """Each edge htable's Kamailio definition. A counter's window opens with its first
+    request and is not pushed back by later ones (updateexpire=0): a source that keeps
+    sending is counted, not forgiven. initval=0: sht_inc creates a missing counter (without
+    it Kamailio's sht_inc of a missing item fails)."""
+    return {
+        BANS_TABLE: f"size=10;autoexpire={security.ban_seconds};"
+                    f"dmqreplicate={1 if replicate_bans else 0}",
+        FLOOD_TABLE: f"size=12;autoexpire={security.flood_window_seconds};updateexpire=0;"
+                     "initval=0",
+        AUTHFAIL_TABLE: f"size=10;autoexpire={security.auth_failure_window_seconds};"
+                        "updateexpire=0;initval=0",
+    }
+
+
+class NodeTables(Protocol):
+    """A node's htables, as the KEMI script reaches them through KSR.htable."""
+
+    def get(self, table: str, key: str) -> Any: ...
+
+    def set_expiring(self, table: str, key: str, value: str, seconds: int) -> None: ...
+
+    def increment(self, table: str, key: str) -> int: ...
+
+    def remove(self, table: str, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -58,12 +76,12 @@ class Ban:
 
 
 class BanList:
-    """Per-IP bans in Redis (synchronous client: Kamailio workers and the CLI)."""
+    """The record of bans in Redis, for `omnicc status` and `omnicc unban` (synchronous
+    client: Kamailio workers and the CLI). Enforcement is each node's own (EdgeGuard)."""
 
     def __init__(self, redis: Any, node: str = ""):
         self._redis = redis
         self._node = node
-        self._count = redis.register_script(COUNT_AND_BAN_LUA)
 
     def _record(self, reason: str) -> str:
         return json.dumps({"reason": reason, "since": round(time.time(), 3), "node": self._node})
@@ -71,21 +89,11 @@ class BanList:
     def is_banned(self, ip: str) -> bool:
         return bool(self._redis.exists(ban_key(ip)))
 
-    def count(self, ip: str, what: str, *, limit: int, window: int, ban_seconds: int,
-              reason: str) -> bool:
-        """Count one event of kind `what` from ip; True if ip is (now) banned."""
-        return bool(self._count(
-            keys=[ban_key(ip), counter_key(ip, what)],
-            args=[window, limit, ban_seconds, self._record(reason)],
-        ))
-
     def ban(self, ip: str, reason: str, seconds: int) -> None:
         self._redis.set(ban_key(ip), self._record(reason), ex=seconds)
 
     def unban(self, ip: str) -> bool:
-        removed = self._redis.delete(ban_key(ip), counter_key(ip, "flood"),
-                                     counter_key(ip, "authfail"))
-        return bool(removed)
+        return bool(self._redis.delete(ban_key(ip)))
 
     def list(self) -> list[Ban]:
         bans = []
@@ -103,3 +111,51 @@ class BanList:
             bans.append(Ban(ip, str(record.get("reason", "?")), float(record.get("since", 0)),
                             max(int(ttl), 0)))
         return sorted(bans, key=lambda b: b.since)
+
+
+class BanRecordError(Exception):
+    """The ban is in force on this node but could not be recorded in Redis."""
+
+
+class EdgeGuard:
+    """Per-address screening of strangers on one Kamailio node: flood and authentication
+    failure counters, and bans, in the node's htables; each new ban is also recorded in
+    Redis so `omnicc status` lists it with its reason and expiry."""
+
+    def __init__(self, tables: NodeTables, records: BanList, security: Any):
+        self._tables = tables
+        self._records = records
+        self._security = security
+
+    def is_banned(self, ip: str) -> bool:
+        return self._tables.get(BANS_TABLE, ip) is not None
+
+    def ban(self, ip: str, reason: str) -> None:
+        """Ban now on this node (and, through DMQ, on the others); then record it. Raises
+        BanRecordError when only the record failed."""
+        seconds = self._security.ban_seconds
+        self._tables.set_expiring(BANS_TABLE, ip, reason, seconds)
+        try:
+            self._records.ban(ip, reason, seconds)
+        except Exception as exc:  # the ban stands; the caller logs the lost record
+            raise BanRecordError(str(exc)) from exc
+
+    def count_request(self, ip: str) -> bool:
+        """Count one request; True if the source is now banned for flooding."""
+        if self._tables.increment(FLOOD_TABLE, ip) <= self._security.flood_requests:
+            return False
+        self._tables.remove(FLOOD_TABLE, ip)
+        self.ban(ip, "flood")
+        return True
+
+    def count_auth_failure(self, ip: str) -> bool:
+        """Count one failed authentication; True if the source is now banned."""
+        if self._tables.increment(AUTHFAIL_TABLE, ip) <= self._security.auth_failures:
+            return False
+        self._tables.remove(AUTHFAIL_TABLE, ip)
+        self.ban(ip, "auth-failures")
+        return True
+
+    def lift(self, ip: str) -> None:
+        for table in EDGE_TABLES:
+            self._tables.remove(table, ip)

@@ -33,6 +33,11 @@ services:
   agi:      {{port: {agi}}}
   redis:    {{port: {redis}}}
   postgres: {{port: {postgres}}}
+# Registrations and bans replicate over DMQ between these Kamailio nodes; the second is
+# the node tests/integration/test_cluster.py starts beside this stack's.
+kamailio_nodes:
+  - {{host: 127.0.0.1, port: {kamailio}}}
+  - {{host: 127.0.0.1, port: {kamailio_peer}}}
 tenants:
   - name: default
     domain: {domain}
@@ -82,7 +87,7 @@ def make_stack_dir(prefix: str) -> Path:
 def write_config(directory: Path, name: str, template: str = CONFIG_TEMPLATE,
                  **overrides: int) -> Path:
     """omnicc.yaml in `directory` from `template`, every service on a free port."""
-    keys = ["kamailio", "asterisk", "agi", "redis", "postgres"]
+    keys = ["kamailio", "asterisk", "agi", "redis", "postgres", "kamailio_peer"]
     ports = dict(zip(keys, free_ports(len(keys)), strict=True))
     ports.update(overrides)
     path = directory / "omnicc.yaml"

@@ -1,10 +1,11 @@
-"""Several Kamailio nodes on one Redis: the registrar is shared, so an agent registered
-through one node is reachable through any other."""
+"""Several Kamailio nodes: registrations replicate between them over DMQ, so an agent
+registered through one node is reachable through any other."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,10 @@ import redis as redis_lib
 
 from omnicc import sipp
 from omnicc.config import load_config
-from omnicc.render import REGISTRAR_REDIS_DB
+from omnicc.keys import agent_contact
 from omnicc.stack import Stack
 
-from .conftest import TRUNK_IP, RunningStack, free_ports, make_stack_dir
+from .conftest import TRUNK_IP, RunningStack, free_ports, make_stack_dir, omnicc_cli
 from .test_first_call import agent_online, events_since, now_id
 
 pytestmark = pytest.mark.integration
@@ -23,9 +24,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def second_kamailio(running_stack: RunningStack):
-    """Node B: another Kamailio (own port, own var/) on the same Redis and Asterisk."""
+    """Node B: another Kamailio (own var/) on the same Redis and Asterisk, at the address
+    the stack's config lists as its DMQ peer."""
     directory = make_stack_dir("omnicc-node-b-")
-    port = free_ports(1)[0]
+    config = running_stack.config
+    me = (config.services.listen, config.services.kamailio.port)
+    (peer,) = [n for n in config.kamailio_nodes if (n.host, n.port) != me]
+    port = peer.port
     text = running_stack.stack.config_path.read_text()
     text = text.replace("node: it-main", "node: it-node-b")
     text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {port}}}", text)
@@ -47,20 +52,48 @@ def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(
 ) -> None:
     since = now_id()
     with agent_online(running_stack, sipp_dir, "1001", proxy=second_kamailio) as phone:
-        # The contact is in the shared Redis, saved by node B's socket.
+        # Node B took the registration (its name on the ACD's reachability key) ...
         shared = redis_lib.Redis(host="127.0.0.1", port=running_stack.config.services.redis.port,
-                                 db=REGISTRAR_REDIS_DB, decode_responses=True)
-        entries = shared.smembers("location:usrdom::1001:it.omnicc.test")
-        assert entries, "no contact for 1001 in the shared registrar"
-        sockets = {shared.hget(e, "socket") for e in entries}
-        assert f"udp:{second_kamailio}" in sockets
-        # The carrier's call enters through node A (the running stack's Kamailio).
+                                 decode_responses=True)
+        reachable = shared.get(agent_contact("default", "1001")) or ""
+        assert reachable.startswith("it-node-b "), reachable
+        # ... and the carrier's call enters through node A (the running stack's Kamailio),
+        # which knows the binding only from DMQ.
         caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
                                     local_ip=TRUNK_IP, talk_ms=500)
         assert caller.run(timeout=60) == 0, caller.trace()
         assert phone.wait(timeout=15) == 0, phone.trace()
     ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
     assert ended and ended[0]["dialstatus"] == "ANSWER"
+
+
+def test_a_ban_made_by_one_node_holds_on_the_other_and_unban_lifts_both(
+    running_stack: RunningStack, second_kamailio: str
+) -> None:
+    from .test_sip_edge import _send_raw_options
+
+    port_b = int(second_kamailio.rsplit(":", 1)[1])
+    scanner = "127.0.0.21"
+
+    def answered(port: int | None) -> bool:
+        return _send_raw_options(running_stack, scanner, "Polycom", port=port) is not None
+
+    assert answered(None) and answered(port_b)
+    _send_raw_options(running_stack, scanner, "friendly-scanner", port=port_b)
+    # Banned by node B; node A hears of it over DMQ and drops the scanner too.
+    deadline = time.monotonic() + 5
+    while answered(None) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not answered(None) and not answered(port_b)
+    status = omnicc_cli(running_stack.directory, "status")
+    assert scanner in status.stdout and "scanner" in status.stdout
+    # `omnicc unban` on node A's machine lifts it on A and, over DMQ, on B.
+    unban = omnicc_cli(running_stack.directory, "unban", scanner)
+    assert unban.returncode == 0, unban.stdout + unban.stderr
+    deadline = time.monotonic() + 5
+    while not answered(port_b) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answered(None) and answered(port_b)
 
 
 @pytest.fixture
@@ -72,6 +105,8 @@ def second_node_with_two_asterisks(running_stack: RunningStack):
     a_asterisk = running_stack.config.services.asterisk.port
     text = running_stack.stack.config_path.read_text()
     text = text.replace("node: it-main", "node: it-node-b2")
+    # Not a DMQ peer of A's: this node only tests the dispatcher.
+    text = re.sub(r"kamailio_nodes:\n(  - .*\n)+", "", text)
     text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {kamailio_port}}}", text)
     text = re.sub(r"asterisk: \{port: \d+\}", f"asterisk: {{port: {asterisk_port}}}", text)
     text = text.replace("tenants:", "asterisk_nodes:\n"

@@ -300,9 +300,11 @@ def test_scanner_is_banned_listed_and_unbanned(running_stack: RunningStack) -> N
     assert _send_raw_options(running_stack, scanner_ip, user_agent="Polycom") is not None
 
 
-def _send_raw_options(stack: RunningStack, source_ip: str, user_agent: str) -> str | None:
-    """One OPTIONS from source_ip with the given User-Agent; the reply's status line."""
-    port = stack.config.services.kamailio.port
+def _send_raw_options(stack: RunningStack, source_ip: str, user_agent: str,
+                      port: int | None = None) -> str | None:
+    """One OPTIONS from source_ip with the given User-Agent to the stack's Kamailio (or the
+    one on `port`); the reply's status line."""
+    port = port or stack.config.services.kamailio.port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source_ip, 0))
         sock.settimeout(1.0)

@@ -3,7 +3,7 @@
 It has just what omnicc's SIP edge calls (omnicc/agent_auth.py, omnicc/sip_security.py):
 ``mget``, ``get``, ``set(ex=)``, ``exists``, ``delete``, ``ttl``, ``scan_iter(match=)`` and
 ``register_script``, whose script object runs a Python emulation of
-``COUNT_AND_BAN_LUA``; for the blacklist (omnicc/blacklist.py) hashes (``hset``, ``hget``,
+``agent_auth.ADMIT_LUA``; for the blacklist (omnicc/blacklist.py) hashes (``hset``, ``hget``,
 ``hdel``, ``hlen``) and ``pipeline(transaction=True)``, whose queued commands all run at
 ``execute()`` or, when one of them is failed, none do (as MULTI/EXEC). Keys and values
 come back as bytes, as from a client without ``decode_responses``. Time is a clock of its
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
-from omnicc.sip_security import COUNT_AND_BAN_LUA
+from omnicc.agent_auth import ADMIT_LUA
 
 EncodableValue = str | bytes | int | float
 COMMANDS = ("mget", "get", "set", "exists", "delete", "ttl", "scan_iter", "evalsha",
@@ -185,15 +185,15 @@ class FakeRedis:
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         return FakePipeline(self)
 
-    def register_script(self, script: str) -> CountAndBanScript:
-        if script != COUNT_AND_BAN_LUA:
-            raise NotImplementedError("FakeRedis emulates only sip_security.COUNT_AND_BAN_LUA")
-        return CountAndBanScript(self)
+    def register_script(self, script: str) -> AdmitScript:
+        if script != ADMIT_LUA:
+            raise NotImplementedError("FakeRedis emulates only agent_auth.ADMIT_LUA")
+        return AdmitScript(self)
 
 
-class CountAndBanScript:
-    """COUNT_AND_BAN_LUA in Python: KEYS ban, counter; ARGV window, limit, ban seconds,
-    ban record. 1 if the source is banned (before or because of this call), else 0."""
+class AdmitScript:
+    """ADMIT_LUA in Python: KEYS disabled flag, revoked flag, contact key; ARGV contact
+    to publish ('' for none), TTL. 1 if refused, else 0 (and the contact published)."""
 
     def __init__(self, fake: FakeRedis) -> None:
         self._fake = fake
@@ -202,20 +202,12 @@ class CountAndBanScript:
                  client: object = None) -> int:
         fake = self._fake
         fake._command("evalsha")
-        ban, counter = (_key(k) for k in keys)
-        window, limit, ban_seconds, record = args
-        if fake._live(ban):
+        disabled, revoked, contact = (_key(k) for k in keys)
+        publish, ttl = args
+        if fake._live(disabled) or fake._live(revoked):
             return 1
-        previous = fake._get(counter)
-        count = int(previous) + 1 if previous is not None else 1
-        # INCR keeps the key's TTL; only the first event of a window sets it.
-        fake._values[counter] = _encode(count)
-        if count == 1:
-            fake._expires_at[counter] = fake.now + int(window)
-        if count > int(limit):
-            fake._set(ban, record, int(ban_seconds))
-            fake._delete(counter)
-            return 1
+        if publish != "":
+            fake._set(contact, publish, int(ttl))
         return 0
 
 

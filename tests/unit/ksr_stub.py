@@ -40,7 +40,7 @@ AUTH_USER_MISMATCH = -8
 
 # Sub-modules and functions of KSR that the fake provides, by the name the script uses.
 SUBMODULES = ("pv", "sl", "tm", "rr", "hdr", "registrar", "auth", "dispatcher", "maxfwd",
-              "sanity", "siputils", "dialog", "nathelper")
+              "sanity", "siputils", "dialog", "nathelper", "htable", "dmq")
 FUNCTIONS = ("is_INVITE", "is_ACK", "is_BYE", "is_CANCEL", "is_REGISTER", "is_OPTIONS",
              "is_MESSAGE", "is_myself_ruri", "force_rport", "err", "warn", "info", "dbg")
 
@@ -120,8 +120,11 @@ class FakeKSR:
         *,
         results: dict[str, int] | None = None,
         raises: dict[str, Exception] | None = None,
+        htables: Any = None,
     ) -> None:
         self.request = request
+        # The node's htables (tests/unit/fake_htable.FakeHtables), shared by its workers.
+        self.htables = htables
         # Return values that override the modelled ones, by call name ("tm.t_relay": -1).
         self.results = dict(results or {})
         # Exceptions to raise when a call of that name is made.
@@ -144,6 +147,8 @@ class FakeKSR:
         self.siputils = FakeSiputils(self)
         self.dialog = FakeDialog(self)
         self.nathelper = FakeNathelper(self)
+        self.htable = FakeHtable(self)
+        self.dmq = FakeDmq(self)
 
     # ------------------------------------------------------------------ recording
     def call(self, name: str, *args: Any, result: Any) -> Any:
@@ -481,6 +486,38 @@ class FakeNathelper(_Part):
 
     def set_contact_alias(self) -> int:
         return self._call("set_contact_alias", result=1)
+
+
+class FakeHtable(_Part):
+    """KSR.htable over the node's FakeHtables (sht_get gives None for a missing item)."""
+
+    prefix = "htable"
+
+    def _tables(self) -> Any:
+        if self._ksr.htables is None:
+            raise AssertionError("this FakeKSR was made without htables")
+        return self._ksr.htables
+
+    def sht_get(self, table: str, key: str) -> Any:
+        return self._call("sht_get", table, key, result=self._tables().get(table, key))
+
+    def sht_setxs(self, table: str, key: str, value: str, seconds: int) -> int:
+        self._tables().set_expiring(table, key, value, seconds)
+        return self._call("sht_setxs", table, key, value, seconds, result=1)
+
+    def sht_inc(self, table: str, key: str) -> int:
+        return self._call("sht_inc", table, key, result=self._tables().increment(table, key))
+
+    def sht_rm(self, table: str, key: str) -> int:
+        self._tables().remove(table, key)
+        return self._call("sht_rm", table, key, result=1)
+
+
+class FakeDmq(_Part):
+    prefix = "dmq"
+
+    def handle_message(self) -> int:
+        return self._call("handle_message", result=1)
 
 
 # ---------------------------------------------------------------------------- the module

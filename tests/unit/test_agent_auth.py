@@ -15,7 +15,7 @@ from omnicc.agent_auth import AgentAuthenticator, AgentIdentity, AuthFailure
 from omnicc.auth_secrets import ensure_local_secrets, read_digest_secret, read_signing_key
 from omnicc.config import OmniccConfig, Tenant, parse_config
 from omnicc.ephemeral import password_for, tenant_secret
-from omnicc.keys import agent_disabled, revoked_jti
+from omnicc.keys import agent_contact, agent_disabled, revoked_jti
 from omnicc.tokens import (
     Jwks,
     generate_signing_key,
@@ -91,6 +91,23 @@ def refusal(auth: AgentAuthenticator, bearer: str, aor: str = "1001",
     return caught.value.reason
 
 
+def admitted(auth: AgentAuthenticator, bearer: str, aor: str = "1001",
+             tenant_name: str = "default", now: float = NOW) -> AgentIdentity:
+    """What the KEMI script does: verify in memory, then admit (one Redis round trip)."""
+    identity = auth.check_bearer(bearer, tenant(tenant_name), aor, now)
+    auth.admit(identity)
+    return identity
+
+
+def admission_refusal(auth: AgentAuthenticator, identity: AgentIdentity) -> str:
+    with pytest.raises(AuthFailure) as caught:
+        auth.admit(identity)
+    return caught.value.reason
+
+
+REVOKED = "disabled agent or revoked token"
+
+
 def ephemeral_username(extension: str = "1001", expires_in: int = 3600) -> str:
     return f"{int(NOW) + expires_in}:{extension}"
 
@@ -104,7 +121,7 @@ def ephemeral_password(username: str, tenant_name: str = "default") -> str:
 
 def test_a_valid_token_proves_its_agent(auth: AgentAuthenticator) -> None:
     identity = auth.check_bearer(token(), tenant(), "1001", NOW)
-    assert identity == AgentIdentity(tenant(), "1001")
+    assert identity == AgentIdentity(tenant(), "1001", "jti-1")
 
 
 @pytest.mark.parametrize(("bearer", "reason"), [
@@ -141,59 +158,87 @@ def test_a_token_for_one_tenant_does_not_open_another(auth: AgentAuthenticator) 
 
 def test_a_revoked_jti_is_refused(auth: AgentAuthenticator, redis_server: FakeRedis) -> None:
     redis_server.set(revoked_jti("default", "jti-1"), "1", ex=3600)
-    assert refusal(auth, token(jti="jti-1")) == "bearer: revoked"
-    assert auth.check_bearer(token(jti="jti-2"), tenant(), "1001", NOW).extension == "1001"
+    identity = auth.check_bearer(token(jti="jti-1"), tenant(), "1001", NOW)
+    assert admission_refusal(auth, identity) == REVOKED
+    assert admitted(auth, token(jti="jti-2")).extension == "1001"
 
 
 def test_revocation_is_per_tenant(auth: AgentAuthenticator, redis_server: FakeRedis) -> None:
     redis_server.set(revoked_jti("acme", "jti-1"), "1", ex=3600)
-    assert auth.check_bearer(token(jti="jti-1"), tenant(), "1001", NOW).extension == "1001"
+    assert admitted(auth, token(jti="jti-1")).extension == "1001"
 
 
-def test_a_disabled_agent_is_refused_whatever_its_token(
+def test_a_disabled_agent_is_refused_whatever_its_credentials(
     auth: AgentAuthenticator, redis_server: FakeRedis
 ) -> None:
     redis_server.set(agent_disabled("default", "1001"), "1")
-    assert refusal(auth, token(jti="jti-1")) == "bearer: revoked"
-    assert refusal(auth, token(jti="jti-2")) == "bearer: revoked"
+    for jti in ("jti-1", "jti-2", None):
+        identity = auth.check_bearer(token(jti=jti), tenant(), "1001", NOW)
+        assert admission_refusal(auth, identity) == REVOKED
+    # Digest credentials come to the same admission, without a token id.
+    assert admission_refusal(auth, auth.identity(tenant(), "1001")) == REVOKED
     # The same extension of another tenant is another agent.
     acme_token = token(audience="acme.omnicc.test")
-    assert auth.check_bearer(acme_token, tenant("acme"), "1001", NOW).extension == "1001"
+    assert admitted(auth, acme_token, tenant_name="acme").extension == "1001"
 
 
 def test_revocation_after_a_token_was_cached_is_honoured(
     auth: AgentAuthenticator, redis_server: FakeRedis
 ) -> None:
     bearer = token(jti="jti-1")
-    auth.check_bearer(bearer, tenant(), "1001", NOW)
-    auth.check_bearer(bearer, tenant(), "1001", NOW + 1)  # from the cache now
+    admitted(auth, bearer)
+    admitted(auth, bearer, now=NOW + 1)  # from the cache now
     redis_server.set(revoked_jti("default", "jti-1"), "1", ex=3600)
-    assert refusal(auth, bearer) == "bearer: revoked"
+    assert admission_refusal(auth, auth.check_bearer(bearer, tenant(), "1001", NOW)) == REVOKED
     redis_server.delete(revoked_jti("default", "jti-1"))
     redis_server.set(agent_disabled("default", "1001"), "1")
-    assert refusal(auth, bearer) == "bearer: revoked"
+    assert admission_refusal(auth, auth.check_bearer(bearer, tenant(), "1001", NOW)) == REVOKED
 
 
-def test_revocation_is_one_redis_round_trip(
+def test_verification_is_in_memory_and_admission_one_redis_round_trip(
     auth: AgentAuthenticator, redis_server: FakeRedis
 ) -> None:
-    auth.check_bearer(token(), tenant(), "1001", NOW)
-    assert redis_server.commands == ["mget"]
+    identity = auth.check_bearer(token(), tenant(), "1001", NOW)
+    assert redis_server.commands == []
+    auth.admit(identity, publish_contact="node-1 sip:1001@192.0.2.5:5060", ttl=300)
+    assert redis_server.commands == ["evalsha"]
+    contact = agent_contact("default", "1001")
+    assert redis_server.get(contact) == b"node-1 sip:1001@192.0.2.5:5060"
+    assert redis_server.ttl(contact) == 300
 
 
-def test_redis_failing_refuses_the_token(
+def test_a_refused_agent_is_not_published_reachable(
     auth: AgentAuthenticator, redis_server: FakeRedis
 ) -> None:
-    # A revoked token must never pass because Redis could not say it is revoked.
-    redis_server.fail("mget")
-    reason = refusal(auth, token())
-    assert reason.startswith("revocation state unavailable") and "Redis went away" in reason
-    # Nor a token this worker had already verified and cached.
-    redis_server.heal()
+    redis_server.set(agent_disabled("default", "1001"), "1")
+    with pytest.raises(AuthFailure):
+        auth.admit(auth.identity(tenant(), "1001"), publish_contact="n sip:x@y", ttl=60)
+    assert redis_server.get(agent_contact("default", "1001")) is None
+
+
+def test_admission_without_a_contact_publishes_nothing(
+    auth: AgentAuthenticator, redis_server: FakeRedis
+) -> None:
+    auth.admit(auth.identity(tenant(), "1001"))
+    assert redis_server.keys() == []
+
+
+def test_redis_failing_refuses_the_agent(
+    auth: AgentAuthenticator, redis_server: FakeRedis
+) -> None:
+    # A revoked token must never pass because Redis could not say it is revoked; nor a
+    # token this worker had already verified and cached; nor digest credentials.
     bearer = token(jti="cached")
-    auth.check_bearer(bearer, tenant(), "1001", NOW)
-    redis_server.fail("mget", error=TimeoutError("timed out"))
-    assert refusal(auth, bearer).startswith("revocation state unavailable")
+    admitted(auth, bearer)
+    redis_server.fail("evalsha")
+    for identity in (auth.check_bearer(token(), tenant(), "1001", NOW),
+                     auth.check_bearer(bearer, tenant(), "1001", NOW),
+                     auth.identity(tenant(), "1001")):
+        with pytest.raises(AuthFailure) as caught:
+            auth.admit(identity)
+        assert caught.value.reason.startswith("revocation state unavailable")
+        assert "Redis went away" in caught.value.reason
+        assert caught.value.counts is False  # our fault: not counted towards a ban
 
 
 def test_garbage_never_costs_a_redis_round_trip(
@@ -238,11 +283,13 @@ def test_static_passwords_turned_off_get_a_decoy(redis_server: FakeRedis) -> Non
     assert auth.digest_password(tenant(), "1001", username, NOW) == ephemeral_password(username)
 
 
-def test_a_disabled_agents_static_password_is_a_decoy(
+def test_a_digest_password_costs_no_redis_round_trip(
     auth: AgentAuthenticator, redis_server: FakeRedis
 ) -> None:
-    redis_server.set(agent_disabled("default", "1001"), "1")
-    assert auth.digest_password(tenant(), "1001", "1001", NOW) not in REAL_PASSWORDS
+    # Whether the agent is disabled is asked by admit(), after pv_auth_check.
+    auth.digest_password(tenant(), "1001", "1001", NOW)
+    auth.digest_password(tenant(), "1001", ephemeral_username("1001"), NOW)
+    assert redis_server.commands == []
 
 
 def test_ephemeral_credentials_get_the_hmac_of_their_username(auth: AgentAuthenticator) -> None:
@@ -276,27 +323,9 @@ def test_ephemeral_credentials_that_prove_nothing_get_a_decoy(
     assert password != ephemeral_password(username)
 
 
-def test_a_disabled_agents_ephemeral_credentials_get_a_decoy(
-    auth: AgentAuthenticator, redis_server: FakeRedis
-) -> None:
-    redis_server.set(agent_disabled("default", "1001"), "1")
-    username = ephemeral_username("1001")
-    assert auth.digest_password(tenant(), "1001", username, NOW) != ephemeral_password(username)
-
-
 def test_decoys_differ_every_time(auth: AgentAuthenticator) -> None:
     decoys = {auth.digest_password(tenant(), "1009", "1009", NOW) for _ in range(20)}
     assert len(decoys) == 20
-
-
-@pytest.mark.parametrize("auth_user", ["1001", ephemeral_username("1001")],
-                         ids=["static", "ephemeral"])
-def test_redis_failing_in_a_digest_check_is_an_auth_failure(
-    auth: AgentAuthenticator, redis_server: FakeRedis, auth_user: str
-) -> None:
-    redis_server.fail("mget")
-    with pytest.raises(AuthFailure, match="revocation state unavailable"):
-        auth.digest_password(tenant(), "1001", auth_user, NOW)
 
 
 def test_identity_names_tenant_and_extension(auth: AgentAuthenticator) -> None:
@@ -349,11 +378,7 @@ def test_a_rotated_jwks_file_is_picked_up_without_a_restart(tmp_path) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(jwks_document([public_jwk(old_key, "old", "EdDSA")])))
 
-    class NoRevocations:
-        def mget(self, keys):
-            return [None] * len(keys)
-
-    auth = AgentAuthenticator(config, load_jwks(path), b"s" * 32, NoRevocations(),
+    auth = AgentAuthenticator(config, load_jwks(path), b"s" * 32, FakeRedis(),
                               jwks_path=path)
     tenant = config.tenants[0]
     now = 1_800_000_000.0

@@ -31,9 +31,16 @@ from omnicc.auth_secrets import (
 )
 from omnicc.config import OmniccConfig, load_config
 from omnicc.ephemeral import password_for, tenant_secret
-from omnicc.keys import agent_disabled, revoked_jti
-from omnicc.sip_security import ALLOWED_METHODS, BanList, counter_key
+from omnicc.keys import agent_contact, agent_disabled, revoked_jti
+from omnicc.sip_security import (
+    ALLOWED_METHODS,
+    AUTHFAIL_TABLE,
+    BANS_TABLE,
+    BanList,
+    htable_definitions,
+)
 from omnicc.tokens import generate_signing_key, mint_agent_token
+from tests.unit.fake_htable import FakeHtables
 from tests.unit.fake_redis import FakeRedis
 from tests.unit.ksr_stub import Credentials, FakeKSR, SipRequest, bind, kemi_script_loaded
 
@@ -210,11 +217,12 @@ class Worker:
     handler: Any
     ksr: types.ModuleType
     redis: FakeRedis
+    htables: FakeHtables  # the node's, shared by its workers; on the FakeRedis clock
     redis_opened: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     seen: list[FakeKSR] = field(default_factory=list)
 
     def fake(self, request: SipRequest, **options: Any) -> FakeKSR:
-        fake = FakeKSR(request, **options)
+        fake = FakeKSR(request, htables=self.htables, **options)
         bind(self.ksr, fake)
         self.seen.append(fake)
         return fake
@@ -232,11 +240,19 @@ class Worker:
 
     @property
     def bans(self) -> BanList:
+        """The record of bans in Redis (what `omnicc status` lists)."""
         return BanList(self.redis)
 
+    def banned_on_node(self, ip: str = STRANGER_IP) -> bool:
+        return self.htables.get(BANS_TABLE, ip) is not None
+
+    def ban_on_node(self, ip: str, reason: str = "scanner") -> None:
+        """A ban in the node's table, as one made by another node arrives over DMQ."""
+        seconds = self.handler.config.security.ban_seconds
+        self.htables.set_expiring(BANS_TABLE, ip, reason, seconds)
+
     def auth_failures(self, ip: str = STRANGER_IP) -> int:
-        value = self.redis.get(counter_key(ip, "authfail"))
-        return int(value) if value is not None else 0
+        return self.htables.get(AUTHFAIL_TABLE, ip) or 0
 
 
 def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
@@ -254,7 +270,11 @@ def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
     monkeypatch.setenv("OMNICC_CONFIG", str(config_path))
     monkeypatch.setenv("OMNICC_VAR", str(var_dir))
     monkeypatch.setenv("OMNICC_REDIS_URL", REDIS_URL)
-    worker = Worker(handler=script.mod_init(), ksr=ksr, redis=server, redis_opened=opened)
+    config = load_config(config_path)
+    htables = FakeHtables(htable_definitions(config.security, replicate_bans=False),
+                          clock=lambda: server.now)
+    worker = Worker(handler=script.mod_init(), ksr=ksr, redis=server, htables=htables,
+                    redis_opened=opened)
     startup = worker.fake(SipRequest())
     assert worker.handler.child_init(1) == 0, startup.calls
     return worker
@@ -319,7 +339,7 @@ def test_child_init_loads_the_config_named_by_omnicc_config(worker: Worker) -> N
     assert worker.handler.config.node == "demo-1"
     assert worker.handler.policy is not None
     assert worker.handler.auth is not None
-    assert worker.handler.bans is not None
+    assert worker.handler.guard is not None
 
 
 def test_child_init_opens_the_redis_named_by_omnicc_redis_url_with_short_timeouts(
@@ -575,11 +595,11 @@ def test_ephemeral_credentials_of_a_disabled_agent_are_refused(
     worker: Worker, secrets: Secrets
 ) -> None:
     worker.redis.set(agent_disabled(TENANT, AGENT), "1")
-    credentials = secrets.ephemeral(AGENT)
-    fake = worker.route(register(credentials=credentials))
-    ((_, password, _, _),) = fake.calls_to("auth.pv_auth_check")
-    assert password != credentials.password
+    fake = worker.route(register(credentials=secrets.ephemeral(AGENT)))
     assert_challenged(fake)
+    (logged,) = fake.calls_to("info")
+    assert logged[0].endswith(": disabled agent or revoked token\n")
+    assert worker.auth_failures() == 1
 
 
 def test_ephemeral_credentials_with_a_wrong_password_are_refused(
@@ -660,9 +680,9 @@ BAD_BEARERS: dict[str, BadBearer] = {
     "token-of-an-unknown-agent": BadBearer(bearer(lambda s: s.token("1009")),
                                            "bearer: no such agent", aor="1009"),
     "revoked-jti": BadBearer(
-        bearer(lambda s: s.token(jti="stolen-token")), "bearer: revoked",
+        bearer(lambda s: s.token(jti="stolen-token")), "disabled agent or revoked token",
         prepare=lambda r: r.set(revoked_jti(TENANT, "stolen-token"), "1", ex=3600)),
-    "disabled-agent": BadBearer(bearer(lambda s: s.token()), "bearer: revoked",
+    "disabled-agent": BadBearer(bearer(lambda s: s.token()), "disabled agent or revoked token",
                                 prepare=lambda r: r.set(agent_disabled(TENANT, AGENT), "1")),
     "garbage-after-bearer": BadBearer(lambda s: "Bearer not-a-jwt!!", "bearer: malformed"),
     "two-words-after-bearer": BadBearer(lambda s: "Bearer abc def", "malformed"),
@@ -755,7 +775,7 @@ def test_repeated_auth_failures_ban_the_source(worker: Worker, secrets: Secrets)
 
 
 def test_a_ban_ends_after_ban_seconds(worker: Worker) -> None:
-    worker.bans.ban(STRANGER_IP, "scanner", worker.handler.config.security.ban_seconds)
+    worker.ban_on_node(STRANGER_IP)
     assert_nothing_sent(worker.route(keepalive()))
     worker.redis.advance(worker.handler.config.security.ban_seconds)
     assert worker.route(keepalive()).replies == [(200, "Keepalive")]
@@ -796,7 +816,7 @@ def test_trusted_peers_are_never_counted_or_banned(
 
 
 def test_a_ban_on_a_trusted_peers_address_does_not_stop_it(worker: Worker) -> None:
-    worker.bans.ban(TRUNK_IP, "scanner", 900)
+    worker.ban_on_node(TRUNK_IP)
     assert worker.route(invite_from_trunk()).relayed
 
 
@@ -839,16 +859,21 @@ def test_a_message_over_the_size_limit_is_513(worker: Worker) -> None:
     assert at_limit.calls_to("registrar.save")
 
 
-def test_redis_failing_in_screening_is_logged_and_the_request_still_served(
-    worker: Worker, secrets: Secrets
-) -> None:
-    worker.redis.fail("evalsha", "set")
-    fake = worker.route(with_bearer(register(), secrets.token()))
-    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
-    screening, reachability = (logged[0] for logged in fake.calls_to("err"))
-    assert "ban list unavailable" in screening and "Redis went away" in screening
-    # The registration stands; only the ACD's view of it could not be written.
-    assert "cannot publish reachability" in reachability
+def test_screening_strangers_costs_no_redis_round_trip(worker: Worker) -> None:
+    for _ in range(5):
+        assert worker.route(keepalive()).replies == [(200, "Keepalive")]
+    assert worker.route(register()).challenges == [(DOMAIN, 0)]
+    assert worker.redis.commands == []
+
+
+def test_a_ban_redis_cannot_record_still_holds_on_the_node(worker: Worker) -> None:
+    worker.redis.fail()
+    fake = worker.route(keepalive(user_agent="friendly-scanner"))
+    assert_nothing_sent(fake)
+    (logged,) = fake.calls_to("err")
+    assert "not recorded in Redis" in logged[0] and "Redis went away" in logged[0]
+    assert worker.banned_on_node()
+    assert_nothing_sent(worker.route(keepalive()))
 
 
 def test_a_scanner_is_dropped_even_when_redis_is_down(worker: Worker) -> None:
@@ -860,7 +885,7 @@ def test_redis_failing_in_the_revocation_check_refuses_the_token(
     worker: Worker, secrets: Secrets
 ) -> None:
     # A revoked token must never be honoured because Redis could not say it is revoked.
-    worker.redis.fail("mget")
+    worker.redis.fail("evalsha")
     fake = worker.route(with_bearer(register(), secrets.token()))
     assert_challenged(fake)
     (logged,) = fake.calls_to("info")
@@ -1351,7 +1376,44 @@ def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
 
 def test_a_registration_is_published_to_the_acd_before_it_is_answered(worker: Worker) -> None:
     # Whoever gets the 200 OK must already see the agent reachable (or gone).
-    fake = worker.route(register(credentials=good_credentials()))
+    fake = worker.route(register(credentials=good_credentials(),
+                                 headers=[("Contact", "<sip:1001@198.51.100.7:5062>")]))
     names = fake.names()
     assert names.index("registrar.save") < names.index("registrar.reg_send_reply")
-    assert "set" in worker.redis.commands  # the reachability key, written before the reply
+    # The reachability key, written with the admission, before the save and the reply.
+    assert worker.redis.commands == ["evalsha"]
+    assert worker.redis.get(agent_contact(TENANT, AGENT)) is not None
+
+
+def test_a_register_without_contact_only_asks_and_publishes_nothing(worker: Worker) -> None:
+    fake = worker.route(register(credentials=good_credentials()))
+    assert fake.calls_to("registrar.save") == [("location", REG_SAVE_NO_REPLY)]
+    assert worker.redis.get(agent_contact(TENANT, AGENT)) is None
+
+
+def test_a_registration_that_cannot_be_saved_is_not_left_published(worker: Worker) -> None:
+    fake = worker.route(register(credentials=good_credentials(),
+                                 headers=[("Contact", "<sip:1001@198.51.100.7:5062>")]),
+                        results={"registrar.save": -1})
+    assert "sl.sl_reply_error" in fake.names()
+    assert worker.redis.get(agent_contact(TENANT, AGENT)) is None
+
+
+def test_kdmq_from_a_peer_kamailio_node_goes_to_dmq(worker_with: Callable[[str], Worker]) -> None:
+    worker = worker_with("kamailio_nodes:\n  - {host: 192.0.2.11, port: 5060}\n")
+    fake = worker.route(keepalive(method="KDMQ", source_ip="192.0.2.11", source_port=5060))
+    assert fake.names().count("dmq.handle_message") == 1
+    assert fake.replies == [] and not fake.relayed
+    # Not from a peer (another port, or a stranger): no such method here.
+    for ip, port in (("192.0.2.11", 5070), (STRANGER_IP, 5060)):
+        fake = worker.route(keepalive(method="KDMQ", source_ip=ip, source_port=port))
+        assert "dmq.handle_message" not in fake.names()
+        assert fake.replies == [(405, "Method Not Allowed")]
+
+
+def test_a_peer_kamailio_nodes_other_requests_are_screened_like_anyones(
+    worker_with: Callable[[str], Worker],
+) -> None:
+    worker = worker_with("kamailio_nodes:\n  - {host: 192.0.2.11, port: 5060}\n")
+    fake = worker.route(register(source_ip="192.0.2.11", source_port=5060))
+    assert fake.challenges == [(DOMAIN, 0)]

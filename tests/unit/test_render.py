@@ -205,3 +205,60 @@ def test_with_stack_dirs_asterisk_conf_and_modules_conf_are_written(
     assert {"rtpstart = 30000", "rtpend = 30100", "icesupport = no"} <= set(
         settings_of(read(out, "rtp.conf"))
     )
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+CLUSTER = """
+node: edge-1
+services: {listen: 10.1.2.3, kamailio: {port: 5060}}
+kamailio_nodes:
+  - {host: 10.1.2.3}
+  - {host: 10.1.2.4}
+  - {host: 10.1.2.5, port: 5070}
+tenants:
+  - {name: acme, domain: acme.example}
+"""
+
+
+def test_a_single_node_keeps_its_registrar_and_bans_in_memory_without_dmq(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    render_kamailio(example, tmp_path)
+    lines = settings_of(read(tmp_path, "kamailio.cfg"))
+    assert 'modparam("usrloc", "db_mode", 0)' in lines
+    assert 'modparam("usrloc", "preload", "location")' in lines
+    assert not any(line.startswith(('loadmodule "dmq', 'modparam("dmq'))
+                   or "db_redis" in line or "db_url" in line for line in lines)
+    security = example.security
+    assert lines.count('loadmodule "htable.so"') == 1
+    assert (f'modparam("htable", "htable", "bans=>size=10;autoexpire={security.ban_seconds};'
+            'dmqreplicate=0")') in lines
+    assert (f'modparam("htable", "htable", "flood=>size=12;'
+            f'autoexpire={security.flood_window_seconds};updateexpire=0;initval=0")') in lines
+    window = security.auth_failure_window_seconds
+    assert (f'modparam("htable", "htable", "authfail=>size=10;'
+            f'autoexpire={window};updateexpire=0;initval=0")') in lines
+
+
+def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path: Path) -> None:
+    paths = render_kamailio(parse_config(CLUSTER), tmp_path)
+    assert_fully_rendered(paths)
+    lines = settings_of(read(tmp_path, "kamailio.cfg"))
+    for module in ("dmq.so", "dmq_usrloc.so"):
+        assert f'loadmodule "{module}"' in lines
+    assert 'modparam("dmq", "server_address", "sip:10.1.2.3:5060")' in lines
+    # Its peers, not itself.
+    assert [line for line in lines if "notification_address" in line] == [
+        'modparam("dmq", "notification_address", "sip:10.1.2.4:5060")',
+        'modparam("dmq", "notification_address", "sip:10.1.2.5:5070")',
+    ]
+    assert 'modparam("dmq_usrloc", "enable", 1)' in lines
+    assert any(line.startswith('modparam("htable", "htable", "bans=>')
+               and "dmqreplicate=1" in line for line in lines)
+    # dmq is loaded before the modules that replicate through it.
+    assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "dmq_usrloc.so"')
+    assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "usrloc.so"')
+    assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "htable.so"')
+    assert 'modparam("htable", "enable_dmq", 1)' in lines

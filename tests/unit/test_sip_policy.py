@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnicc.config import OmniccConfig, parse_config
+from omnicc.config import ConfigError, OmniccConfig, parse_config
 from omnicc.sip_policy import (
     UNKNOWN_USER_PASSWORD,
     Classified,
@@ -198,3 +198,25 @@ def test_unknown_domain_has_no_tenant(config: OmniccConfig) -> None:
     tenant, password = agent_password(config, "evil.example", "1001")
     assert tenant is None
     assert password == UNKNOWN_USER_PASSWORD  # never another tenant's agent's password
+
+
+# ---------------------------------------------------------------------------- Kamailio peers
+
+
+def test_peer_kamailio_nodes_are_matched_by_address_and_port() -> None:
+    config = parse_config(
+        "services: {listen: 10.0.0.1, kamailio: {port: 5060}}\n"
+        "kamailio_nodes:\n  - {host: 10.0.0.1}\n  - {host: 10.0.0.2, port: 5070}\n"
+        "tenants:\n  - {name: acme, domain: acme.example}\n")
+    policy = SourcePolicy(config)
+    assert policy.classify("10.0.0.2", 5070).source is Source.KAMAILIO
+    assert policy.classify("10.0.0.2", 5060).source is Source.UNTRUSTED
+    # This node itself is no peer of its own.
+    assert policy.classify("10.0.0.1", 5060).source is Source.UNTRUSTED
+    assert [n.uri for n in config.kamailio_peers] == ["sip:10.0.0.2:5070"]
+
+
+def test_a_bad_kamailio_node_address_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="kamailio_nodes"):
+        parse_config("kamailio_nodes:\n  - {host: node-b.example}\n"
+                     "tenants:\n  - {name: acme, domain: acme.example}\n")

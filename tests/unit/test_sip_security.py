@@ -1,5 +1,6 @@
-"""omnicc/sip_security.py: scanner User-Agents, and per-IP bans in (fake) Redis: counting,
-banning, expiry, unbanning and the list `omnicc status` shows."""
+"""omnicc/sip_security.py: scanner User-Agents, and per-IP bans: counting and enforcement in
+a node's (fake) htables, the record in (fake) Redis, expiry, unbanning and the list
+`omnicc status` shows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import pytest
 
 from omnicc.config import Security
 from omnicc.keys import revoked_jti
-from omnicc.sip_security import ALLOWED_METHODS, BanList, ban_key, counter_key, is_scanner
+from omnicc.sip_security import (
+    ALLOWED_METHODS,
+    AUTHFAIL_TABLE,
+    BANS_TABLE,
+    FLOOD_TABLE,
+    BanList,
+    BanRecordError,
+    EdgeGuard,
+    ban_key,
+    htable_definitions,
+    is_scanner,
+)
+from tests.unit.fake_htable import FakeHtables
 from tests.unit.fake_redis import FakeRedis
 
 SCANNERS = Security().scanner_user_agents
@@ -55,6 +68,10 @@ def test_allowed_methods_are_the_ones_a_contact_center_needs() -> None:
 # ---------------------------------------------------------------------------- bans
 
 
+SECURITY = Security(flood_requests=3, flood_window_seconds=10, auth_failures=2,
+                    auth_failure_window_seconds=60, ban_seconds=900)
+
+
 @pytest.fixture
 def redis_server() -> FakeRedis:
     return FakeRedis()
@@ -65,39 +82,49 @@ def bans(redis_server: FakeRedis) -> BanList:
     return BanList(redis_server, "node-a")
 
 
-def count(bans: BanList, ip: str = IP, what: str = "flood", *, limit: int = 3,
-          window: int = 10, ban_seconds: int = 900, reason: str = "flood") -> bool:
-    return bans.count(ip, what, limit=limit, window=window, ban_seconds=ban_seconds,
-                      reason=reason)
+@pytest.fixture
+def tables(redis_server: FakeRedis) -> FakeHtables:
+    # One clock for the node's htables and Redis: the test moves both.
+    return FakeHtables(htable_definitions(SECURITY, replicate_bans=False),
+                       clock=lambda: redis_server.now)
 
 
-def test_keys_share_one_cluster_slot_per_ip() -> None:
-    # One hash tag, so COUNT_AND_BAN_LUA touches a single Redis Cluster slot.
+@pytest.fixture
+def guard(tables: FakeHtables, bans: BanList) -> EdgeGuard:
+    return EdgeGuard(tables, bans, SECURITY)
+
+
+def test_the_ban_record_has_one_cluster_slot_per_ip() -> None:
     assert ban_key(IP) == "{ip:198.51.100.20}:ban"
-    assert counter_key(IP, "flood") == "{ip:198.51.100.20}:flood"
 
 
-def test_up_to_the_limit_is_no_ban_one_more_is(bans: BanList, redis_server: FakeRedis) -> None:
-    assert [count(bans) for _ in range(3)] == [False, False, False]
-    assert not bans.is_banned(IP)
-    assert count(bans) is True
-    assert bans.is_banned(IP)
-    # The counter goes with the ban: an unban starts from zero.
-    assert redis_server.get(counter_key(IP, "flood")) is None
+def test_htables_count_in_fixed_windows_and_bans_replicate_only_in_a_cluster() -> None:
+    single = htable_definitions(SECURITY, replicate_bans=False)
+    assert single == {
+        BANS_TABLE: "size=10;autoexpire=900;dmqreplicate=0",
+        FLOOD_TABLE: "size=12;autoexpire=10;updateexpire=0;initval=0",
+        AUTHFAIL_TABLE: "size=10;autoexpire=60;updateexpire=0;initval=0",
+    }
+    assert "dmqreplicate=1" in htable_definitions(SECURITY, replicate_bans=True)[BANS_TABLE]
 
 
-def test_a_banned_address_stays_banned_without_counting(
-    bans: BanList, redis_server: FakeRedis
+def test_up_to_the_limit_is_no_flood_one_more_is_a_ban(
+    guard: EdgeGuard, bans: BanList, tables: FakeHtables
 ) -> None:
-    for _ in range(4):
-        count(bans)
-    assert all(count(bans) for _ in range(10))
-    assert redis_server.get(counter_key(IP, "flood")) is None
+    assert [guard.count_request(IP) for _ in range(3)] == [False, False, False]
+    assert not guard.is_banned(IP) and bans.list() == []
+    assert guard.count_request(IP) is True
+    assert guard.is_banned(IP)
+    assert [(b.ip, b.reason) for b in bans.list()] == [(IP, "flood")]
+    # The counter goes with the ban: an unban starts from zero.
+    assert tables.keys(FLOOD_TABLE) == []
 
 
-def test_the_ban_record_says_why_when_and_where(bans: BanList, redis_server: FakeRedis) -> None:
-    for _ in range(4):
-        count(bans, reason="auth-failures", what="authfail")
+def test_the_ban_record_says_why_when_and_where(
+    guard: EdgeGuard, redis_server: FakeRedis
+) -> None:
+    for _ in range(3):
+        guard.count_auth_failure(IP)
     record = json.loads(redis_server.get(ban_key(IP)) or b"{}")
     assert record["reason"] == "auth-failures"
     assert record["node"] == "node-a"
@@ -105,55 +132,70 @@ def test_the_ban_record_says_why_when_and_where(bans: BanList, redis_server: Fak
     assert redis_server.ttl(ban_key(IP)) == 900
 
 
-def test_the_window_resets_the_count(bans: BanList, redis_server: FakeRedis) -> None:
+def test_the_window_resets_the_count(guard: EdgeGuard, redis_server: FakeRedis) -> None:
     for _ in range(3):
-        count(bans)
+        guard.count_request(IP)
     redis_server.advance(10)
-    assert [count(bans) for _ in range(3)] == [False, False, False]
-    assert not bans.is_banned(IP)
+    assert [guard.count_request(IP) for _ in range(3)] == [False, False, False]
+    assert not guard.is_banned(IP)
 
 
 def test_the_window_starts_at_the_first_event_not_the_last(
-    bans: BanList, redis_server: FakeRedis
+    guard: EdgeGuard, redis_server: FakeRedis
 ) -> None:
     # A fixed window: steady traffic just under the limit never keeps the counter alive.
-    count(bans)
+    guard.count_request(IP)
     redis_server.advance(9)
-    count(bans)
-    count(bans)
+    guard.count_request(IP)
+    guard.count_request(IP)
     redis_server.advance(1)
-    assert [count(bans) for _ in range(3)] == [False, False, False]
+    assert [guard.count_request(IP) for _ in range(3)] == [False, False, False]
 
 
-def test_kinds_and_addresses_are_counted_apart(bans: BanList) -> None:
-    for _ in range(3):
-        count(bans, what="flood")
-        count(bans, what="authfail")
-        count(bans, ip=OTHER_IP)
-    assert not bans.is_banned(IP) and not bans.is_banned(OTHER_IP)
-    assert count(bans, what="authfail") is True
-    assert not bans.is_banned(OTHER_IP)
+def test_kinds_and_addresses_are_counted_apart(guard: EdgeGuard) -> None:
+    for _ in range(2):
+        guard.count_request(IP)
+        guard.count_auth_failure(IP)
+        guard.count_request(OTHER_IP)
+    assert not guard.is_banned(IP) and not guard.is_banned(OTHER_IP)
+    assert guard.count_auth_failure(IP) is True
+    assert not guard.is_banned(OTHER_IP)
 
 
-def test_a_ban_expires(bans: BanList, redis_server: FakeRedis) -> None:
-    bans.ban(IP, "scanner", 60)
-    assert bans.is_banned(IP)
-    redis_server.advance(59)
-    assert bans.is_banned(IP)
-    redis_server.advance(1)
-    assert not bans.is_banned(IP)
-    assert count(bans) is False
-
-
-def test_unban_lifts_the_ban_and_forgets_the_counts(
-    bans: BanList, redis_server: FakeRedis
+def test_a_ban_expires_on_the_node_and_in_the_record(
+    guard: EdgeGuard, bans: BanList, redis_server: FakeRedis
 ) -> None:
-    count(bans, what="authfail")
-    count(bans, what="authfail")
+    guard.ban(IP, "scanner")
+    assert guard.is_banned(IP) and bans.is_banned(IP)
+    redis_server.advance(899)
+    assert guard.is_banned(IP)
+    redis_server.advance(1)
+    assert not guard.is_banned(IP) and not bans.is_banned(IP)
+    assert guard.count_request(IP) is False
+
+
+def test_a_ban_holds_on_the_node_when_redis_cannot_record_it(
+    guard: EdgeGuard, bans: BanList, redis_server: FakeRedis
+) -> None:
+    redis_server.fail("set")
+    with pytest.raises(BanRecordError, match="Redis went away"):
+        guard.ban(IP, "scanner")
+    assert guard.is_banned(IP)
+
+
+def test_lift_forgets_the_ban_and_the_counts(guard: EdgeGuard, tables: FakeHtables) -> None:
+    guard.count_auth_failure(IP)
+    guard.count_request(IP)
+    guard.ban(IP, "scanner")
+    guard.lift(IP)
+    assert not guard.is_banned(IP)
+    assert tables.keys(FLOOD_TABLE) == tables.keys(AUTHFAIL_TABLE) == []
+
+
+def test_unban_deletes_the_record(bans: BanList) -> None:
     bans.ban(IP, "scanner", 900)
     assert bans.unban(IP) is True
     assert not bans.is_banned(IP)
-    assert redis_server.get(counter_key(IP, "authfail")) is None
     assert bans.unban(IP) is False  # nothing left to lift
 
 
@@ -161,9 +203,7 @@ def test_list_shows_each_ban_with_reason_and_expiry(
     bans: BanList, redis_server: FakeRedis
 ) -> None:
     bans.ban(IP, "scanner", 900)
-    for _ in range(4):
-        count(bans, ip="2001:db8::7", reason="flood", ban_seconds=120)
-    count(bans, ip=OTHER_IP)  # counted, not banned
+    bans.ban("2001:db8::7", "flood", 120)
     redis_server.set(revoked_jti("default", "x"), "1")  # a tenant key: not a ban
     redis_server.advance(20)
     listed = {(b.ip, b.reason, b.expires_in) for b in bans.list()}
@@ -186,3 +226,13 @@ def test_list_survives_a_record_it_cannot_read(bans: BanList, redis_server: Fake
 
 def test_list_of_nothing_is_empty(bans: BanList) -> None:
     assert bans.list() == []
+
+
+def test_counters_need_an_initval_or_kamailio_never_creates_them(redis_server: FakeRedis) -> None:
+    # Without initval, Kamailio's sht_inc of a missing item fails: nothing would count.
+    definitions = htable_definitions(SECURITY, replicate_bans=False)
+    for table in (FLOOD_TABLE, AUTHFAIL_TABLE):
+        definitions[table] = definitions[table].replace(";initval=0", "")
+    broken = EdgeGuard(FakeHtables(definitions, clock=lambda: redis_server.now),
+                       BanList(redis_server), SECURITY)
+    assert not any(broken.count_request(IP) for _ in range(10))
