@@ -101,3 +101,22 @@ def wrapup_violations(calls: Sequence[TracedDialog],
             out.append(f"{following.call_id} came {gap:.3f} s after the hang-up of "
                        f"{previous.call_id} (wrap-up {wrapup} s)")
     return out
+
+
+# SIPp stamps a message when it logs it, which can be a little after it sent it: the
+# bridged agent's BYE (caused by the caller's) can carry an earlier stamp than the
+# caller's own. A refused or cancelled leg ends long (a second here) before.
+TRACE_SKEW = 0.25
+
+
+def bridged_agents(caller: TracedDialog, phones: dict[str, SippRun]) -> list[str]:
+    """The agents whose phone stayed on the call until the caller hung up, per SIPp (once
+    every phone's leg of the call has ended: the caller may finish before the phones do)."""
+    def legs() -> dict[str, list[TracedDialog]]:
+        return {ext: [leg for leg in phone.traced_dialogs() if leg.caller == caller.caller]
+                for ext, phone in phones.items()}
+
+    assert wait_until(lambda: all(leg.ended_by for found in legs().values() for leg in found),
+                      10), legs()
+    return [ext for ext, found in legs().items() for leg in found
+            if leg.answered and leg.hangup_at >= caller.hangup_at - TRACE_SKEW]

@@ -24,6 +24,7 @@ from omnicc.events import read_events
 from omnicc.keys import agent_hash
 
 from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .queue_agents import bridged_agents
 from .test_first_call import PASSWORDS, agent_online, now_id
 
 pytestmark = pytest.mark.integration
@@ -167,33 +168,58 @@ def test_a_caller_who_hangs_up_while_waiting_leaves_the_queue_at_once(
     assert r.zcard("{t:default}:queue:backlog:waiting") == 0
 
 
+RINGALL_ROUNDS = 3
+
+
 def test_ringall_rings_both_agents_and_exactly_one_takes_the_call(
     queue_stack: RunningStack, sipp_dir: Path
 ) -> None:
-    """Each agent's leg tells the ACD who answered (its target URI's extension)."""
+    """Both phones answer the same call at once (200 ms after its INVITE), several times.
+    Each agent's leg tells the ACD who answered (the extension it dialled); the ACD takes
+    the first answer and releases the other agent at once. SIPp's traces say which phone
+    was bridged (the one on the line until the caller hung up) and that the other got a
+    BYE or CANCEL: it must be the ACD's winner."""
     r = queue_stack.redis()
     acd = AcdSync(r, "it-queue")
     for extension in ("1001", "1002"):
         acd.logout("default", extension, force=True)  # whatever earlier tests left
-    since = now_id()
-    with agent_online(queue_stack, sipp_dir, "1001") as phone_a, \
-            agent_online(queue_stack, sipp_dir, "1002") as phone_b:
+    winners = []
+    with agent_online(queue_stack, sipp_dir, "1001", calls=RINGALL_ROUNDS) as phone_a, \
+            agent_online(queue_stack, sipp_dir, "1002", calls=RINGALL_ROUNDS) as phone_b:
+        phones = {"1001": phone_a, "1002": phone_b}
         for extension in ("1001", "1002"):
             assert acd.login("default", extension).ok
-        caller = sipp.carrier_calls(sipp_dir, proxy=queue_stack.proxy, did="5550104",
-                                    local_ip=TRUNK_IP, talk_ms=3000, name="queue-ringall")
-        assert caller.run(timeout=60) == 0, caller.trace()
-        events = wait_for_events(queue_stack, since, {"call_answered", "call_ended"})
-        states = {ext: r.hget(agent_hash("default", ext), "state") for ext in ("1001", "1002")}
+        for round_ in range(RINGALL_ROUNDS):
+            since = now_id()
+            caller = sipp.carrier_calls(sipp_dir, proxy=queue_stack.proxy, did="5550104",
+                                        local_ip=TRUNK_IP, talk_ms=2500,
+                                        caller=f"549110000{round_}",
+                                        name=f"queue-ringall-{round_}").start()
+            # Right after the answer, while the winner still talks: the loser is READY.
+            events = wait_for_events(queue_stack, since, {"call_answered"})
+            states = {ext: r.hget(agent_hash("default", ext), "state") for ext in phones}
+            assert caller.wait(timeout=60) == 0, caller.trace()
+            events = wait_for_events(queue_stack, since, {"call_answered", "call_ended"})
+            reserved = sorted(e["agent"] for e in events if e["event"] == "call_reserved")
+            assert reserved == ["1001", "1002"], events
+            answered = [e for e in events if e["event"] == "call_answered"]
+            assert len(answered) == 1, events
+            winner = answered[0]["agent"]
+            loser = "1002" if winner == "1001" else "1001"
+            assert (states[winner], states[loser]) == ("ONCALL", "READY"), states
+            (caller_leg,) = caller.traced_dialogs()
+            assert bridged_agents(caller_leg, phones) == [winner]
+            (loser_leg,) = [leg for leg in phones[loser].traced_dialogs()
+                            if leg.caller == caller_leg.caller]
+            assert loser_leg.ended_by in ("BYE received", "CANCEL received"), loser_leg
+            # The everyone queue has 60 s of wrap-up: the winner is back for the next round.
+            assert r.hget(agent_hash("default", winner), "state") == "WRAPUP"
+            assert acd.pause("default", winner, "next-round").ok
+            assert acd.unpause("default", winner).ok
+            winners.append(winner)
         phone_a.stop()
         phone_b.stop()
-    reserved = sorted(e["agent"] for e in events if e["event"] == "call_reserved")
-    assert reserved == ["1001", "1002"], events
-    answered = [e for e in events if e["event"] == "call_answered"]
-    assert len(answered) == 1, events
-    winner = answered[0]["agent"]
-    loser = "1002" if winner == "1001" else "1001"
-    assert states[winner] == "WRAPUP" and states[loser] == "READY", states
+    print("ringall winners:", winners)
 
 
 def test_max_wait_sends_the_call_to_the_failover_destination(

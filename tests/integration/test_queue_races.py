@@ -26,10 +26,17 @@ import pytest
 from omnicc import sipp
 from omnicc.acd import AcdResult, AcdSync
 from omnicc.keys import agent_hash
-from omnicc.sipp import SippRun, TracedDialog
+from omnicc.sipp import SippRun
 
 from .conftest import TRUNK_IP, RunningStack, stack_up
-from .queue_agents import agents_yaml, phones_online, queue_events, wait_until, wrapup_violations
+from .queue_agents import (
+    agents_yaml,
+    bridged_agents,
+    phones_online,
+    queue_events,
+    wait_until,
+    wrapup_violations,
+)
 from .test_first_call import now_id
 
 pytestmark = pytest.mark.integration
@@ -37,10 +44,6 @@ pytestmark = pytest.mark.integration
 RACE_WRAPUP = 1
 SHORT_WRAPUP, LONG_WRAPUP = 1, 4
 REPETITIONS = 6
-# SIPp stamps a message when it logs it, which can be a little after it sent it: the
-# bridged agent's BYE (caused by the caller's) can carry an earlier stamp than the
-# caller's own. A refused or cancelled leg ends long (a second here) before.
-TRACE_SKEW = 0.25
 
 RACE_CONFIG = f"""\
 node: it-{{name}}
@@ -140,19 +143,6 @@ def ended_call(stack: RunningStack, since: str, number: str,
     wait_until(lambda: any(e["event"] in ("call_ended", "call_abandoned", "call_failed_over")
                            for e in of_call()), timeout)
     return of_call()
-
-
-def bridged_agents(caller: TracedDialog, phones: dict[str, SippRun]) -> list[str]:
-    """The agents whose phone stayed on the call until the caller hung up, per SIPp (once
-    every phone's leg of the call has ended: the caller may finish before the phones do)."""
-    def legs() -> dict[str, list[TracedDialog]]:
-        return {ext: [leg for leg in phone.traced_dialogs() if leg.caller == caller.caller]
-                for ext, phone in phones.items()}
-
-    assert wait_until(lambda: all(leg.ended_by for found in legs().values() for leg in found),
-                      10), legs()
-    return [ext for ext, found in legs().items() for leg in found
-            if leg.answered and leg.hangup_at >= caller.hangup_at - TRACE_SKEW]
 
 
 def check_call(stack: RunningStack, since: str, caller: SippRun,
