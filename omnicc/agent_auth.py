@@ -13,6 +13,7 @@ outside, whether the extension exists or not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ return 0
 
 class AgentAuthenticator:
     def __init__(self, config: OmniccConfig, jwks: Jwks, digest_secret: bytes, redis: Any,
-                 cache: TokenCache | None = None, jwks_path: Path | None = None):
+                 cache: TokenCache | None = None, jwks_path: Path | None = None,
+                 admit_script: Callable[..., Any] | None = None):
         self._config = config
         self._jwks = jwks
         self._digest_secret = digest_secret
@@ -75,14 +77,17 @@ class AgentAuthenticator:
         self._jwks_path = jwks_path
         self._jwks_mtime = _mtime(jwks_path)
         self._jwks_checked = 0.0
-        self._admit = redis.register_script(ADMIT_LUA)
+        # ADMIT_LUA as a callable(keys=, args=): the KEMI script passes a lean one
+        # (omnicc.lean_redis), anyone else gets redis-py's.
+        self._admit = admit_script or redis.register_script(ADMIT_LUA)
 
     @classmethod
     def from_config(cls, config: OmniccConfig, config_path: str | Path, var_dir: str | Path,
-                    redis: Any) -> AgentAuthenticator:
+                    redis: Any, admit_script: Callable[..., Any] | None = None,
+                    ) -> AgentAuthenticator:
         files = resolve_secret_files(config, config_path, var_dir)
         return cls(config, load_jwks(files.jwks.path), read_digest_secret(files), redis,
-                   jwks_path=files.jwks.path)
+                   jwks_path=files.jwks.path, admit_script=admit_script)
 
     def _refresh_jwks(self, now: float) -> None:
         """Reload the JWKS when its file changed (looked at no more than once a second).

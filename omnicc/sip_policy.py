@@ -8,11 +8,14 @@ source: an Asterisk node of ours, another Kamailio node of ours (DMQ only), a tr
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import secrets
 from dataclasses import dataclass
 
 from omnicc.config import OmniccConfig, Tenant, Trunk
+
+CLASSIFY_CACHE_SIZE = 65536
 
 
 class Source(enum.Enum):
@@ -44,11 +47,17 @@ class SourcePolicy:
         trunks = [
             (t.network, t.port, tenant, t) for tenant in config.tenants for t in tenant.trunks
         ]
+        self._classify = functools.lru_cache(maxsize=CLASSIFY_CACHE_SIZE)(
+            self._classify_uncached)
         self._trunks = sorted(
             trunks, key=lambda item: (item[0].prefixlen, item[1] is not None), reverse=True
         )
 
     def classify(self, ip: str, port: int) -> Classified:
+        # Asked for every request: remembered per (ip, port), a bounded number of them.
+        return self._classify(ip, port)
+
+    def _classify_uncached(self, ip: str, port: int) -> Classified:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:

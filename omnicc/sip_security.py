@@ -9,6 +9,7 @@ anti-flood rule; omnicc exempts Asterisk nodes, trunks and the PBX by constructi
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,8 +23,18 @@ ALLOWED_METHODS = frozenset({
 
 
 def is_scanner(user_agent: str | None, patterns: Iterable[str]) -> bool:
-    ua = (user_agent or "").lower()
-    return any(p.lower() in ua for p in patterns if p)
+    return ScannerMatcher(patterns).matches(user_agent)
+
+
+class ScannerMatcher:
+    """The scanner patterns compiled once (the KEMI script asks on every request)."""
+
+    def __init__(self, patterns: Iterable[str]):
+        wanted = [re.escape(p) for p in patterns if p]
+        self._regex = re.compile("|".join(wanted), re.IGNORECASE) if wanted else None
+
+    def matches(self, text: str | None) -> bool:
+        return bool(text) and self._regex is not None and self._regex.search(text) is not None
 
 
 def ban_key(ip: str) -> str:

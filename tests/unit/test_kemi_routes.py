@@ -267,6 +267,13 @@ def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
         return server
 
     monkeypatch.setattr(redis.Redis, "from_url", staticmethod(from_url))
+
+    def lean_script(url: str, lua: str, **options: Any) -> Any:
+        # The lean client of the hot path, on the same fake server.
+        opened.append((url, {"lean": True, **options}))
+        return server.register_script(lua)
+
+    monkeypatch.setattr(script, "LeanScript", lean_script)
     monkeypatch.setenv("OMNICC_CONFIG", str(config_path))
     monkeypatch.setenv("OMNICC_VAR", str(var_dir))
     monkeypatch.setenv("OMNICC_REDIS_URL", REDIS_URL)
@@ -345,11 +352,12 @@ def test_child_init_loads_the_config_named_by_omnicc_config(worker: Worker) -> N
 def test_child_init_opens_the_redis_named_by_omnicc_redis_url_with_short_timeouts(
     worker: Worker,
 ) -> None:
-    ((url, options),) = worker.redis_opened
-    assert url == REDIS_URL
+    (url, options), (lean_url, lean_options) = worker.redis_opened
+    assert url == lean_url == REDIS_URL
     # A Redis that hangs must not hold a SIP worker for long.
     assert 0 < options["socket_timeout"] <= 1
     assert 0 < options["socket_connect_timeout"] <= 1
+    assert lean_options["lean"] and 0 < lean_options["timeout"] <= 1
 
 
 def test_child_init_with_a_bad_config_fails_the_worker_and_logs_why(
