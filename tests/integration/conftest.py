@@ -122,10 +122,12 @@ class RunningStack:
 
 
 @contextlib.contextmanager
-def stack_up(prefix: str, name: str, template: str = CONFIG_TEMPLATE) -> Iterator[RunningStack]:
-    """A whole stack from `template` in a new directory, up for the block, then down."""
+def stack_up(prefix: str, name: str, template: str = CONFIG_TEMPLATE,
+             **overrides: int) -> Iterator[RunningStack]:
+    """A whole stack from `template` in a new directory, up for the block, then down;
+    `overrides` fill more of the template's fields (ports of services started apart)."""
     directory = make_stack_dir(prefix)
-    config_path = write_config(directory, name, template)
+    config_path = write_config(directory, name, template, **overrides)
     stack = Stack(load_config(config_path), config_path, directory / "var")
     try:
         stack.up(progress=lambda line: print(line, flush=True))
