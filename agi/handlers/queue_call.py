@@ -5,7 +5,7 @@
   and waits, event-driven, for a reservation: renew the call lease, then wait_for_offer (a
   third of the lease) raced against the caller's hang-up. Answers the dialplan with
   OMNICC_DEST=queue_agent (OMNICC_DIAL, OMNICC_AGENT, OMNICC_QUEUE_OFFERS
-  ``EXT:LEASE_UNTIL,...``, OMNICC_QUEUE_RING, OMNICC_QUEUE_RECORDING: the file to record
+  ``EXT:LEASE_UNTIL/...``, OMNICC_QUEUE_RING, OMNICC_QUEUE_RECORDING: the file to record
   the answered call into, empty when the queue does not record), or the failover
   destination (max wait) or the overflow destination (queue full, no agent logged in) as
   inbound_route does (OMNICC_DEST agent | queue | hangup). A caller who hangs up while
