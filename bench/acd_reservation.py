@@ -313,6 +313,7 @@ class CallerSessions:
         self._seen: dict[str, asyncio.Future[tuple[float, list[Offer]]]] = {}
         self._decided: dict[str, asyncio.Future[bool]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
         self.errors: list[str] = []
 
     def _future(self, table: dict[str, asyncio.Future], call: str) -> asyncio.Future:
@@ -325,10 +326,11 @@ class CallerSessions:
 
     async def _session(self, call: str) -> None:
         try:
-            while True:
+            while not self._closing:
                 renewed = await self._store.renew_call_lease(TENANT, call)
                 if not renewed.ok:
-                    self.errors.append(f"renewing the lease of {call}: {renewed.code}")
+                    if not self._closing:
+                        self.errors.append(f"renewing the lease of {call}: {renewed.code}")
                     return
                 offers = await self._store.wait_for_offer(TENANT, call, CALL_LEASE_MS / 3000)
                 if not offers:
@@ -355,10 +357,16 @@ class CallerSessions:
         self._future(self._decided, call).set_result(answered)
 
     async def close(self) -> None:
+        """Ends every session. Some sessions have been seen to go on renewing after their
+        cancel (a cancel lost somewhere below wait_for_offer), so they also stop at their
+        next turn of the loop."""
+        self._closing = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks)
+        self._closing = False
 
 
 async def bounded(coroutines: Iterable[Awaitable[AcdResult | None]],
