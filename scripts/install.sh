@@ -7,7 +7,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PACKAGES="kamailio kamailio-python3-modules kamailio-redis-modules
+PACKAGES="kamailio kamailio-python3-modules
 kamailio-websocket-modules kamailio-tls-modules sip-tester redis-server postgresql
 debootstrap python3 python3-venv python3-dev util-linux procps"
 
