@@ -1,6 +1,9 @@
 """The omnicc FastAGI server process: config + Redis + the explicit route table.
 
-    python -m agi.app --config omnicc.yaml --redis redis://127.0.0.1:16379/0
+    python -m agi.app --config omnicc.yaml --redis redis://127.0.0.1:16379/0 [--acd-tick 1]
+
+Besides the sessions it runs the ACD's clock (agi/acd_tick.py): every --acd-tick seconds
+the tick script for each tenant, so wrap-ups and leases end on time when nothing else runs.
 """
 
 from __future__ import annotations
@@ -8,12 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agi.acd_tick import DEFAULT_TICK_SECONDS, AcdTicker
 from agi.handlers.agent_call import AgentCall
 from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
@@ -68,7 +73,8 @@ async def push_queues(acd: AcdStore, client: aioredis.Redis, config: OmniccConfi
         return
 
 
-async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> None:
+async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
+                tick_seconds: float = DEFAULT_TICK_SECONDS) -> None:
     # A blocking pool: past its size, a handler waits for a connection instead of failing
     # the call (redis-py's default pool raises "Too many connections" at 100).
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -78,6 +84,10 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> N
     acd = AcdStore(client, config.node)
     log = logging.getLogger("omnicc.agi")
     syncing = asyncio.create_task(push_queues(acd, client, config, log))
+    ticking = None
+    if tick_seconds > 0:
+        ticker = AcdTicker(acd, [t.name for t in config.tenants], tick_seconds)
+        ticking = asyncio.create_task(ticker.run())
     server = FastAGIServer(build_routes(config, events, acd), host=host, port=port)
     await server.start()
     log.info("FastAGI server listening on %s:%d", host, server.port)
@@ -90,6 +100,8 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int) -> N
     await server.close()
     serving.cancel()
     syncing.cancel()
+    if ticking is not None:
+        ticking.cancel()
     await acd.close()
     await client.aclose()
 
@@ -100,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", required=True, help="Redis URL")
     parser.add_argument("--host", help="listen address (default: services.listen)")
     parser.add_argument("--port", type=int, help="listen port (default: services.agi.port)")
+    parser.add_argument("--acd-tick", type=float, default=DEFAULT_TICK_SECONDS,
+                        metavar="SECONDS",
+                        help="run the ACD's tick for every tenant this often, so wrap-ups "
+                             "and leases end on time (default 1; 0: never)")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.acd_tick) and args.acd_tick >= 0):
+        parser.error(f"--acd-tick must be 0 or more seconds, got {args.acd_tick}")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = args.host or config.services.listen
     port = args.port or config.services.agi.port
-    asyncio.run(serve(config, args.redis, host, port))
+    asyncio.run(serve(config, args.redis, host, port, args.acd_tick))
     return 0
 
 
