@@ -187,6 +187,35 @@ class QueueStats:
     service_level_percent: float | None
     average_speed_of_answer_seconds: float | None
     average_talk_seconds: float | None
+    agents_offline: int = 0  # members not logged in
+    # How long abandoned callers waited before hanging up, on average (None: none yet).
+    average_abandon_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """A queue member as a supervisor sees it (omnicc queue show)."""
+
+    extension: str
+    penalty: int
+    skill: int
+    state: AgentState
+    reason: str  # the pause reason
+    registered: bool
+    call: str  # the call it rings for or talks on
+
+
+@dataclass(frozen=True)
+class WaitingCall:
+    """A WAITING call of a queue, in the order it will be offered (position 1 first)."""
+
+    position: int
+    call: str
+    priority: int
+    waited_seconds: float
+    caller: str
+    did: str
+    node: str
 
 
 # ---------------------------------------------------------------------------- pure
@@ -292,7 +321,43 @@ def summarize_queue(queue: str, waiting: Sequence[tuple[str, float]],
         average_speed_of_answer_seconds=(
             count("wait_ms_answered_total") / answered / 1000 if answered else None),
         average_talk_seconds=count("talk_ms_total") / ended / 1000 if ended else None,
+        agents_offline=agents(AgentState.OFFLINE),
+        average_abandon_seconds=(
+            count("wait_ms_abandoned_total") / abandoned / 1000 if abandoned else None),
     )
+
+
+def agent_status_from(extension: str, fields: Mapping[str, str], registered: bool,
+                      queues: Sequence[str], now_ms: int) -> AgentStatus:
+    """AgentStatus from the agent's hash, whether its phone is registered, its queues."""
+    state = AgentState(fields.get("state", AgentState.OFFLINE))
+    wrapup_until = _int_or_none(fields.get("wrapup_until"))
+    return AgentStatus(
+        extension=extension, state=state,
+        effective_state=effective_state(state, wrapup_until, now_ms, registered=registered),
+        registered=registered, reason=fields.get("reason", ""),
+        since_ms=_int_or_none(fields.get("since")), call=fields.get("call", ""),
+        lease_until_ms=_int_or_none(fields.get("lease_until")),
+        wrapup_until_ms=wrapup_until, calls_taken=int(fields.get("calls_taken", 0)),
+        queues=tuple(sorted(queues)),
+    )
+
+
+def waiting_calls_from(waiting: Sequence[tuple[str, float]],
+                       calls: Sequence[Mapping[str, str]], now_ms: int) -> list[WaitingCall]:
+    """The queue's waiting set (member, score; in order) and each call's hash, as
+    WaitingCalls; a call whose hash is gone is left out."""
+    out = []
+    for (call, score), fields in zip(waiting, calls, strict=True):
+        if not fields:
+            continue
+        enqueued_at = enqueued_at_from_score(score)
+        out.append(WaitingCall(
+            position=len(out) + 1, call=call, priority=int(fields.get("priority", 0)),
+            waited_seconds=max(0, now_ms - enqueued_at) / 1000,
+            caller=fields.get("caller", ""), did=fields.get("did", ""),
+            node=fields.get("node", "")))
+    return out
 
 
 # ---------------------------------------------------------------------------- I/O
@@ -578,19 +643,9 @@ class AcdStore:
         pipe.exists(keys.agent_contact(tenant, extension))
         pipe.smembers(keys.agent_queues(tenant, extension))
         raw, registered, queues = await pipe.execute()
-        fields = {_s(k): _s(v) for k, v in raw.items()}
-        state = AgentState(fields.get("state", AgentState.OFFLINE))
-        wrapup_until = _int_or_none(fields.get("wrapup_until"))
-        return AgentStatus(
-            extension=extension, state=state,
-            effective_state=effective_state(state, wrapup_until, await self._now_ms(),
-                                            registered=bool(registered)),
-            registered=bool(registered), reason=fields.get("reason", ""),
-            since_ms=_int_or_none(fields.get("since")), call=fields.get("call", ""),
-            lease_until_ms=_int_or_none(fields.get("lease_until")),
-            wrapup_until_ms=wrapup_until, calls_taken=int(fields.get("calls_taken", 0)),
-            queues=tuple(sorted(_s(q) for q in queues)),
-        )
+        return agent_status_from(extension, {_s(k): _s(v) for k, v in raw.items()},
+                                 bool(registered), [_s(q) for q in queues],
+                                 await self._now_ms())
 
     async def call_status(self, tenant: str, call: str) -> CallStatus | None:
         _check(CALL_ID_RE, call, "call id")
@@ -633,10 +688,11 @@ class AcdStore:
 class AcdSync:
     """The agent requests over a synchronous redis client, for callers that run no event
     loop: Kamailio's KEMI (a REGISTER with Expires: 0, a disabled agent) and the CLI.
-    Same scripts, same results as AcdStore."""
+    Same scripts, same results as AcdStore; and the supervisor's reads of the CLI."""
 
     def __init__(self, redis: Any, node: str):
         self.node = _check(NAME_RE, node, "node name")
+        self._redis = redis
         self._scripts = {name: redis.register_script(SCRIPTS[name])
                          for name in ("login", "logout", "pause", "unpause", "unregister",
                                       "tick")}
@@ -666,3 +722,79 @@ class AcdSync:
 
     def tick(self, tenant: str) -> AcdResult:
         return self._run("tick", tenant)
+
+    # ------------------------------------------------------------ reads (the CLI)
+
+    def _now_ms(self) -> int:
+        seconds, micros = self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def agent_status(self, tenant: str, extension: str) -> AgentStatus:
+        _check(NAME_RE, tenant, "tenant name")
+        _check(EXTENSION_RE, extension, "extension")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(keys.agent_hash(tenant, extension))
+        pipe.exists(keys.agent_contact(tenant, extension))
+        pipe.smembers(keys.agent_queues(tenant, extension))
+        raw, registered, queues = pipe.execute()
+        return agent_status_from(extension, {_s(k): _s(v) for k, v in raw.items()},
+                                 bool(registered), [_s(q) for q in queues], self._now_ms())
+
+    def queue_known(self, tenant: str, queue: str) -> bool:
+        """Whether the ACD has the queue (a FastAGI server pushed it from the config)."""
+        _check(NAME_RE, tenant, "tenant name")
+        _check(NAME_RE, queue, "queue name")
+        return bool(self._redis.hexists(keys.queue_settings(tenant, queue), "strategy"))
+
+    def queue_stats(self, tenant: str, queue: str) -> QueueStats:
+        """As AcdStore.queue_stats."""
+        _check(NAME_RE, tenant, "tenant name")
+        _check(NAME_RE, queue, "queue name")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrange(keys.queue_waiting(tenant, queue), 0, -1, withscores=True)
+        pipe.hgetall(keys.queue_agent_states(tenant, queue))
+        pipe.hgetall(keys.queue_stats(tenant, queue))
+        waiting, states, counters = pipe.execute()
+        return summarize_queue(
+            queue, [(_s(m), float(score)) for m, score in waiting],
+            {_s(k): _s(v) for k, v in states.items()},
+            {_s(k): _s(v) for k, v in counters.items()}, self._now_ms())
+
+    def queue_members(self, tenant: str, queue: str) -> list[MemberStatus]:
+        """The queue's members, by penalty, then extension."""
+        _check(NAME_RE, tenant, "tenant name")
+        _check(NAME_RE, queue, "queue name")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(keys.queue_members(tenant, queue))
+        pipe.hgetall(keys.queue_skills(tenant, queue))
+        penalties, skills = pipe.execute()
+        penalty = {_s(k): int(_s(v)) for k, v in penalties.items()}
+        skill = {_s(k): int(_s(v)) for k, v in skills.items()}
+        members = sorted(penalty, key=lambda ext: (penalty[ext], ext))
+        pipe = self._redis.pipeline(transaction=True)
+        for ext in members:
+            pipe.hgetall(keys.agent_hash(tenant, ext))
+            pipe.exists(keys.agent_contact(tenant, ext))
+        raw = iter(pipe.execute())
+        out = []
+        for ext in members:
+            fields = {_s(k): _s(v) for k, v in next(raw).items()}
+            out.append(MemberStatus(
+                extension=ext, penalty=penalty[ext], skill=skill.get(ext, DEFAULT_SKILL),
+                state=AgentState(fields.get("state", AgentState.OFFLINE)),
+                reason=fields.get("reason", ""), registered=bool(next(raw)),
+                call=fields.get("call", "")))
+        return out
+
+    def waiting_calls(self, tenant: str, queue: str) -> list[WaitingCall]:
+        """The queue's WAITING calls in the order they will be offered."""
+        _check(NAME_RE, tenant, "tenant name")
+        _check(NAME_RE, queue, "queue name")
+        waiting = [(_s(m), float(score)) for m, score in
+                   self._redis.zrange(keys.queue_waiting(tenant, queue), 0, -1,
+                                      withscores=True)]
+        pipe = self._redis.pipeline(transaction=True)
+        for call, _ in waiting:
+            pipe.hgetall(keys.acd_call(tenant, call))
+        calls = [{_s(k): _s(v) for k, v in raw.items()} for raw in pipe.execute()]
+        return waiting_calls_from(waiting, calls, self._now_ms())

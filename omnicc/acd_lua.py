@@ -96,7 +96,8 @@ step, ``call_node`` the node holding the caller.
 Counters per queue (``{t:T}:queue:Q:stats``): calls_offered, calls_answered,
 calls_answered_within_service_level, calls_abandoned, calls_abandoned_within_service_level,
 calls_failed_over, calls_overflowed, calls_ended, rings_unanswered, wait_ms_answered_total,
-talk_ms_total; and ``{t:T}:queue:Q:agent_states``: how many members are in each state.
+wait_ms_abandoned_total, talk_ms_total; and ``{t:T}:queue:Q:agent_states``: how many members
+are in each state.
 """
 
 from __future__ import annotations
@@ -468,7 +469,10 @@ local function finish_unanswered(id, final_state, event, reason, release_reason,
   local wait_ms = at - tonumber(call.enqueued_at)
   local counter = final_state == 'ABANDONED' and 'calls_abandoned' or 'calls_failed_over'
   redis.call('HINCRBY', k_stats(q), counter, 1)
-  if final_state == 'ABANDONED' then count_within_service_level(q, counter, wait_ms) end
+  if final_state == 'ABANDONED' then
+    count_within_service_level(q, counter, wait_ms)
+    redis.call('HINCRBY', k_stats(q), 'wait_ms_abandoned_total', int(wait_ms))
+  end
   emit(event, at, 'call', id, 'queue', q, 'caller', call.caller, 'did', call.did,
     'call_node', call.node, 'reason', reason, 'wait_ms', int(wait_ms),
     'outcome', string.lower(final_state))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import redis
 
+from omnicc.acd import AgentStatus
+from omnicc.agent_state import AgentState
 from omnicc.config import load_config
-from omnicc.keys import agent_hash
 from omnicc.revocation import disable_agent, enable_agent, is_agent_disabled
 
 
@@ -22,7 +24,7 @@ def add_agent_commands(subparsers: argparse._SubParsersAction) -> None:
         ("unpause", "READY again"),
         ("disable", "refuse every credential of an agent from now on, on every node"),
         ("enable", "let a disabled agent in again"),
-        ("show", "the agent's state"),
+        ("show", "the agent's state now, its call, phone and queues"),
     ):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("extension", metavar="EXT")
@@ -58,18 +60,36 @@ def cmd_agent(args: argparse.Namespace) -> int:
         enable_agent(client, tenant.name, args.extension)
         print(f"{where} enabled")
     else:
+        from omnicc.acd import AcdSync
+
         enabled = "disabled" if is_agent_disabled(client, tenant.name, args.extension) \
             else "enabled"
-        fields = {_text(k): _text(v)
-                  for k, v in client.hgetall(agent_hash(tenant.name, args.extension)).items()}
-        state = fields.get("state", "OFFLINE")
-        reason = f" ({fields['reason']})" if fields.get("reason") else ""
-        print(f"{where}: {enabled}, {state}{reason}")
+        acd = AcdSync(client, config.node)
+        # Settle what is due first (a wrap-up that is over, a lease that ran out), so the
+        # state shown is the state now, not the one of the last ACD operation.
+        acd.tick(tenant.name)
+        status = acd.agent_status(tenant.name, args.extension)
+        print(f"{where}: {enabled}, {describe_agent(status)}")
     return 0
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def describe_agent(status: AgentStatus) -> str:
+    """The agent's state in one line: state (reason), the call, the wrap-up's end, the
+    phone and the queues."""
+    parts = [str(status.state) + (f" ({status.reason})" if status.reason else "")]
+    if status.call:
+        parts.append(f"call {status.call}")
+    if status.wrapup_until_ms is not None and status.state is AgentState.WRAPUP:
+        parts.append(f"wrap-up until {_clock(status.wrapup_until_ms)}")
+    if status.state is not AgentState.OFFLINE and status.since_ms is not None:
+        parts.append(f"since {_clock(status.since_ms)}")
+    parts.append("phone registered" if status.registered else "phone not registered")
+    parts.append("queues " + (", ".join(status.queues) if status.queues else "none"))
+    return "; ".join(parts)
+
+
+def _clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
 
 
 def _state_change(client: redis.Redis, node: str, tenant: str, args: argparse.Namespace,
