@@ -12,13 +12,18 @@ Sides (each a real Kamailio 5.6 with 4 UDP workers, driven by SIPp on loopback):
   (REGISTER, 401 challenge, REGISTER with credentials: two transactions).
 - omnicc-ephemeral: the same with time-limited credentials (username ``EXPIRY:EXT``,
   password an HMAC of it), as ``omnicc token digest`` mints them.
+- omnicc-bearer-cluster: as omnicc-bearer, through one of two omnicc Kamailios that list
+  each other in ``kamailio_nodes`` (same Redis, same keys): every registration is
+  replicated to the other over DMQ (dmq_usrloc), and the CPU of both counts. After the
+  run the peer must hold every agent's registration with the same contacts (RPC ul.dump).
 - native-memory: bench/native_register_auth.cfg.j2, digest against an htable, then
-  save("location") with usrloc in shared memory only (db_mode 0).
-- native-redis: the same cfg with usrloc db_mode 3 over db_redis, as omnicc keeps its
-  registrar: the like-for-like baseline.
+  save("location") with usrloc in shared memory only (db_mode 0): the plain native cfg
+  of issue 3's target, and the baseline of every ratio.
 
 omnicc's Kamailio is started by omnicc.stack (rendered from kamailio.cfg.j2, KEMI script
-kemi/omnicc_kemi.py). Its config raises security.flood_requests to 1,000,000: every
+kemi/omnicc_kemi.py): usrloc in memory, the per-IP flood and auth-failure counters in
+htables, one Redis round trip per authenticated request (agent_auth.ADMIT_LUA over
+omnicc/lean_redis.py). Its config raises security.flood_requests to 1,000,000: every
 request of the benchmark comes from 127.0.0.1, which the default (200 in 2 s) would ban.
 
 Each side steps its rate up (``-r RATE -rp 1000``, ``--seconds`` per step; sides are
@@ -27,13 +32,15 @@ first rate where a failed call or an achieved rate more than ``--max-shortfall``
 target happened in each of ``--attempts`` runs (other jobs share the machine, so a failing
 step is run again). Its result is the highest rate it passed. A registration (one SIPp
 call) counts when it ends in 200 OK: for digest that is two REGISTER transactions, for
-bearer one. Kamailio's CPU (all its processes, from /proc), Redis's, SIPp's and other
-processes' are recorded per step, and so are warnings and errors in Kamailio's log.
+bearer one. Kamailio's CPU (all its processes, from /proc), Redis's (and the commands it
+ran, by command), SIPp's and other processes' are recorded per step, and so are warnings
+and errors in the Kamailios' logs.
 
     .venv/bin/python bench/register_auth.py [--rates R ...] [--seconds S] [--write-doc]
 
 Everything runs on loopback in a temporary directory; every service is stopped at the end.
-Exit status 1 if the run could not measure every side.
+Exit status 1 if the run could not measure every side, or the cluster's peer lacked
+registrations.
 """
 
 from __future__ import annotations
@@ -65,12 +72,15 @@ import redis
 from benchlib import LogWatch, log_tail, percentile, write_doc_section  # noqa: E402
 
 from omnicc.auth_secrets import (
+    AuthSecretFiles,
     ensure_local_secrets,
     read_digest_secret,
     read_signing_key,
+    resolve_secret_files,
 )
 from omnicc.config import OmniccConfig, load_config
 from omnicc.ephemeral import mint_credentials, tenant_secret
+from omnicc.kamailio_rpc import KamailioRpcError, call, fifo_path
 from omnicc.keys import agent_contact
 from omnicc.sipprobe import sip_options_ping
 from omnicc.stack import KamailioService, Stack
@@ -90,9 +100,11 @@ DEFAULT_AGENTS = 200
 # Kamailio workers: omnicc.render's default for omnicc, and the same for native.
 CHILDREN = 4
 REGISTER_EXPIRES = 3600
-# The native db_redis registrar's database on the benchmark's Redis (db 0 is omnicc's).
-NATIVE_REGISTRAR_DB = 2
-DB_REDIS_SCHEMA = "/usr/share/kamailio/db_redis/kamailio"
+# omnicc-bearer-cluster's two nodes (their `node` names in the config).
+CLUSTER_NODES = ("bench-cluster-a", "bench-cluster-b")
+# How long the peer of omnicc-bearer-cluster may take, after the last step, to hold every
+# registration the other node took (DMQ replication is asynchronous).
+REPLICATION_WAIT_SECONDS = 10.0
 
 DEFAULT_RATES = (200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000,
                  5000, 6000, 8000, 10000)
@@ -101,6 +113,8 @@ DEFAULT_SECONDS = 10.0
 DEFAULT_ATTEMPTS = 2
 DEFAULT_MAX_SHORTFALL = 0.05
 WARMUP_RATE = 200
+# How long the Kamailios are watched doing nothing, before the warm-up.
+IDLE_SECONDS = 5.0
 # A call whose next message does not come within this is failed by SIPp (it has
 # retransmitted its REGISTER every 500 ms by then).
 RECV_TIMEOUT_MS = 5000
@@ -114,22 +128,26 @@ OMNICC_BEARER = "omnicc-bearer"
 OMNICC_BEARER_NEW = "omnicc-bearer-new"
 OMNICC_DIGEST = "omnicc-digest"
 OMNICC_EPHEMERAL = "omnicc-ephemeral"
+OMNICC_BEARER_CLUSTER = "omnicc-bearer-cluster"
 NATIVE_MEMORY = "native-memory"
-NATIVE_REDIS = "native-redis"
 ALL_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_DIGEST, OMNICC_EPHEMERAL,
-             NATIVE_MEMORY, NATIVE_REDIS)
-OMNICC_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_DIGEST, OMNICC_EPHEMERAL)
-NATIVE_SIDES = (NATIVE_MEMORY, NATIVE_REDIS)
+             OMNICC_BEARER_CLUSTER, NATIVE_MEMORY)
+# The sides served by the single omnicc Kamailio (no DMQ peer).
+SINGLE_NODE_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_DIGEST, OMNICC_EPHEMERAL)
+OMNICC_SIDES = (*SINGLE_NODE_SIDES, OMNICC_BEARER_CLUSTER)
+# What every ratio and target is measured against: the plain native cfg the issue names.
+BASELINE = NATIVE_MEMORY
 
 SIDE_DESCRIPTIONS = {
     OMNICC_BEARER: "omnicc, bearer JWT (EdDSA), each agent reusing its token",
     OMNICC_BEARER_NEW: "omnicc, bearer JWT (EdDSA), a new token every REGISTER",
     OMNICC_DIGEST: "omnicc, digest, static passwords from the config",
     OMNICC_EPHEMERAL: "omnicc, digest, ephemeral credentials (EXPIRY:EXT, HMAC password)",
+    OMNICC_BEARER_CLUSTER: "as omnicc-bearer, through a node with one DMQ peer: every "
+                           "registration replicated to it (CPU of both Kamailios)",
     NATIVE_MEMORY: "native kamailio.cfg, digest against htable, usrloc in memory (db_mode 0)",
-    NATIVE_REDIS: "native kamailio.cfg, digest against htable, usrloc db_redis (db_mode 3)",
 }
-BEARER_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW)
+BEARER_SIDES = (OMNICC_BEARER, OMNICC_BEARER_NEW, OMNICC_BEARER_CLUSTER)
 
 DOC_BEGIN = "<!-- bench/register_auth.py: begin (generated by --write-doc) -->"
 DOC_END = "<!-- bench/register_auth.py: end -->"
@@ -146,21 +164,53 @@ class Agent:
     password: str
 
 
+def sipp_can_use(password: str) -> bool:
+    """SIPp (3.6.1) reads a password that starts with 0x as hex: its digest answers are
+    then wrong, against native and omnicc alike (random passwords start so one time in
+    4,096)."""
+    return not password.lower().startswith("0x")
+
+
 def make_agents(count: int) -> list[Agent]:
-    return [Agent(str(FIRST_EXTENSION + index), secrets.token_urlsafe(12))
-            for index in range(count)]
+    def password() -> str:
+        while not sipp_can_use(candidate := secrets.token_urlsafe(12)):
+            pass
+        return candidate
+
+    return [Agent(str(FIRST_EXTENSION + index), password()) for index in range(count)]
 
 
-def omnicc_config_text(agents: Sequence[Agent], ports: dict[str, int]) -> str:
+def omnicc_config_text(agents: Sequence[Agent], ports: dict[str, int], *,
+                       node: str = "bench-register", cluster_ports: Sequence[int] = (),
+                       secret_files: AuthSecretFiles | None = None) -> str:
+    """omnicc's config for one Kamailio node of the benchmark. `cluster_ports`: the SIP
+    ports of every node of its cluster (kamailio_nodes), empty for a single node.
+    `secret_files`: the key and secret files of another node, so that both accept the same
+    tokens and ephemeral credentials."""
     agent_lines = "".join(
         f'      - {{extension: "{agent.extension}", password: "{agent.password}"}}\n'
         for agent in agents)
+    cluster = ""
+    if cluster_ports:
+        cluster = "kamailio_nodes:\n" + "".join(
+            f"  - {{host: {HOST}, port: {port}}}\n" for port in cluster_ports)
+    auth = ""
+    if secret_files is not None and secret_files.signing_key is not None:
+        auth = (
+            "auth:\n"
+            "  jwt:\n"
+            f"    jwks_file: {secret_files.jwks.path}\n"
+            f"    signing_key_file: {secret_files.signing_key.path}\n"
+            "  digest:\n"
+            f"    ephemeral_secret_file: {secret_files.digest_secret.path}\n"
+        )
     return (
         "# bench/register_auth.py: omnicc's side of the benchmark (written per run).\n"
-        "node: bench-register\n"
+        f"node: {node}\n"
         "services:\n"
         f"  listen: {HOST}\n"
         + "".join(f"  {name}: {{port: {port}}}\n" for name, port in ports.items())
+        + cluster + auth
         + "security:\n"
         "  # All the load comes from one address (SIPp on 127.0.0.1); the default limit\n"
         "  # (200 requests in 2 s) would ban it within the first step.\n"
@@ -249,6 +299,7 @@ class Server:
     pgid: int
     port: int
     log: Path
+    rpc_fifo: Path | None = None  # omnicc's Kamailio: its jsonrpcs FIFO
 
 
 def stop_group(pgid: int, timeout: float = 10.0) -> None:
@@ -306,38 +357,35 @@ def omnicc_kamailio(stack: Stack) -> Iterator[Server]:
         directory.mkdir(parents=True, exist_ok=True)
     service = next(s for s in stack.services if isinstance(s, KamailioService))
     service.start(progress=lambda line: print(line, flush=True))
+    name = f"omnicc kamailio ({stack.config.node})"
     try:
         pid = service.pid()
         if pid is None:
-            raise SystemExit(f"omnicc's Kamailio is not running:\n{log_tail(service.log_file)}")
-        yield Server("omnicc kamailio", pid, stack.config.services.kamailio.port,
-                     service.log_file)
+            raise SystemExit(f"{name} is not running:\n{log_tail(service.log_file)}")
+        yield Server(name, pid, stack.config.services.kamailio.port, service.log_file,
+                     fifo_path(stack.run_dir))
     finally:
         service.stop(progress=lambda line: print(line, flush=True))
 
 
-def render_native_cfg(out: Path, *, usrloc_mode: str, port: int, agents: Sequence[Agent],
-                      registrar_db_url: str) -> None:
+def render_native_cfg(out: Path, *, port: int, agents: Sequence[Agent]) -> None:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(BENCH_DIR)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
     text = env.get_template(NATIVE_TEMPLATE).render(
         listen=HOST, port=port, domain=DOMAIN, children=CHILDREN,
-        tcp_children=max(2, CHILDREN // 2), usrloc_mode=usrloc_mode, agents=agents,
-        db_redis_schema=DB_REDIS_SCHEMA, registrar_db_url=registrar_db_url,
+        tcp_children=max(2, CHILDREN // 2), agents=agents,
         decoy_password=secrets.token_urlsafe(24),
     )
     out.write_text(text)
 
 
 @contextmanager
-def native_kamailio(workdir: Path, *, usrloc_mode: str, port: int, agents: Sequence[Agent],
-                    redis_port: int) -> Iterator[Server]:
-    directory = workdir / f"native-{usrloc_mode}"
+def native_kamailio(workdir: Path, *, port: int, agents: Sequence[Agent]) -> Iterator[Server]:
+    directory = workdir / "native"
     directory.mkdir()
     cfg = directory / "kamailio.cfg"
-    render_native_cfg(cfg, usrloc_mode=usrloc_mode, port=port, agents=agents,
-                      registrar_db_url=f"redis://{HOST}:{redis_port}/{NATIVE_REGISTRAR_DB}")
+    render_native_cfg(cfg, port=port, agents=agents)
     log = directory / "kamailio.log"
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     # The same memory sizes as omnicc.stack gives omnicc's Kamailio.
@@ -352,10 +400,9 @@ def native_kamailio(workdir: Path, *, usrloc_mode: str, port: int, agents: Seque
         # Any answer to OPTIONS will do (this cfg answers 405): it is serving.
         while not sip_options_ping(HOST, port, timeout=0.5):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"native Kamailio ({usrloc_mode}) did not start:\n"
-                                 f"{log_tail(log)}")
-        print(f"  native Kamailio ({usrloc_mode}) pid {process.pid} on {port}", flush=True)
-        yield Server(f"native kamailio ({usrloc_mode})", process.pid, port, log)
+                raise SystemExit(f"native Kamailio did not start:\n{log_tail(log)}")
+        print(f"  native Kamailio pid {process.pid} on {port}", flush=True)
+        yield Server("native kamailio", process.pid, port, log)
     finally:
         stop_group(process.pid)
         process.wait()
@@ -536,14 +583,20 @@ class Credentials:
 
     def kept_login(self, extension: str) -> tuple[str, str]:
         if extension not in self.kept_logins:
-            self.kept_logins[extension] = mint_credentials(
-                self.digest_secret, extension, ttl_seconds=4 * 3600, now=time.time())
+            now = time.time()
+            login = mint_credentials(self.digest_secret, extension, ttl_seconds=4 * 3600,
+                                     now=now)
+            while not sipp_can_use(login[1]):  # another expiry, another password
+                now += 1
+                login = mint_credentials(self.digest_secret, extension,
+                                         ttl_seconds=4 * 3600, now=now)
+            self.kept_logins[extension] = login
         return self.kept_logins[extension]
 
     def write_injection(self, side: str, path: Path, calls: int) -> None:
         """SIPp's -inf file for a side: a line per agent (or per call), used in order."""
         lines: list[str] = []
-        if side == OMNICC_BEARER:
+        if side in (OMNICC_BEARER, OMNICC_BEARER_CLUSTER):
             lines = [f"{a.extension};{self.kept_token(a.extension)}" for a in self.agents]
         elif side == OMNICC_BEARER_NEW:
             # One token per call, so no REGISTER finds its token in a worker's cache.
@@ -584,11 +637,14 @@ class StepResult:
     attempt: int
     calls: int
     sipp: SippOutcome
-    kamailio_cpu: float  # seconds, whole process group
+    kamailio_cpu: float  # seconds, whole process groups of every Kamailio of the side
+    peer_cpu: float  # the part of kamailio_cpu the side's DMQ peer used (0: no peer)
     redis_cpu: float
     other_cpu: float  # processes not of this benchmark, over the same span
     udp_drops: int  # system-wide RcvbufErrors during the step
     redis_commands: int  # commands Redis processed during the step (all clients)
+    # The same by command (INFO commandstats); a script's own commands are counted too.
+    redis_calls: Counter[str]
     log_problems: Counter[str]
     max_shortfall: float
 
@@ -613,20 +669,35 @@ class StepResult:
     def core_share(self, seconds: float) -> float:
         return seconds / self.sipp.elapsed if self.sipp.elapsed else 0.0
 
+    @property
+    def done(self) -> int:
+        return self.sipp.successful + self.sipp.failed
+
     def redis_commands_per_registration(self) -> float:
-        done = self.sipp.successful + self.sipp.failed
-        return self.redis_commands / done if done else float("nan")
+        return self.redis_commands / self.done if self.done else float("nan")
+
+    def redis_calls_per_registration(self) -> dict[str, float]:
+        """Per command, the ones called at least once per ten registrations (so the
+        benchmark's own INFO calls stay out)."""
+        if not self.done:
+            return {}
+        return {name: count / self.done for name, count in self.redis_calls.most_common()
+                if count / self.done >= 0.1}
 
     def cpu_ms_per_registration(self) -> float:
-        done = self.sipp.successful + self.sipp.failed
-        return 1000 * self.kamailio_cpu / done if done else float("nan")
+        return 1000 * self.kamailio_cpu / self.done if self.done else float("nan")
+
+    def peer_cpu_ms_per_registration(self) -> float:
+        return 1000 * self.peer_cpu / self.done if self.done else float("nan")
+
+    def redis_cpu_ms_per_registration(self) -> float:
+        return 1000 * self.redis_cpu / self.done if self.done else float("nan")
 
     def cpu_ceiling(self) -> float:
         """Registrations/s this machine could do if nothing else ran on it: its CPUs over
         the CPU one registration costs Kamailio, Redis and SIPp together."""
-        done = self.sipp.successful + self.sipp.failed
         spent = self.kamailio_cpu + self.redis_cpu + self.sipp.cpu
-        return len(os.sched_getaffinity(0)) * done / spent if spent else float("nan")
+        return len(os.sched_getaffinity(0)) * self.done / spent if spent else float("nan")
 
     def latency(self, pct: float) -> float:
         return percentile(self.sipp.latencies_ms, pct)
@@ -654,53 +725,79 @@ def format_ms(value: float) -> str:
 class Bench:
     workdir: Path
     redis_server: Server
-    kamailios: dict[str, Server]  # by side
+    # By side: the Kamailio SIPp sends to, then any DMQ peer of it (its CPU counts too).
+    kamailios: dict[str, tuple[Server, ...]]
     credentials: Credentials
     max_shortfall: float
     steps_run: int = 0
     watches: dict[str, LogWatch] = field(default_factory=dict)
 
-    def redis_commands(self) -> int:
+    def redis_commands(self) -> tuple[int, Counter[str]]:
+        """Commands Redis has processed, in all and by command."""
         with redis.Redis(host=HOST, port=self.redis_server.port) as client:
-            return int(client.info("stats")["total_commands_processed"])
+            total = int(client.info("stats")["total_commands_processed"])
+            by_command = Counter({name.removeprefix("cmdstat_"): int(stats["calls"])
+                                  for name, stats in client.info("commandstats").items()})
+        return total, by_command
 
     def own_cpu_seconds(self) -> float:
         """This process, Redis and every Kamailio of the benchmark (idle ones included)."""
         return (time.process_time() + cpu_seconds(self.redis_server.pgid)
-                + sum(group_cpu_seconds(pgid)
-                      for pgid in {server.pgid for server in self.kamailios.values()}))
+                + sum(group_cpu_seconds(pgid) for pgid in {
+                    server.pgid for servers in self.kamailios.values() for server in servers}))
+
+    def idle_cores(self, seconds: float = IDLE_SECONDS) -> dict[str, float]:
+        """CPU each Kamailio uses with no traffic (timers, DMQ pings), in cores."""
+        servers = {server.name: server for servers in self.kamailios.values()
+                   for server in servers}
+        before = {name: group_cpu_seconds(s.pgid) for name, s in servers.items()}
+        time.sleep(seconds)
+        return {name: (group_cpu_seconds(s.pgid) - before[name]) / seconds
+                for name, s in servers.items()}
 
     def run_step(self, side: str, rate: int, seconds: float, attempt: int = 1) -> StepResult:
         self.steps_run += 1
         calls = max(1, round(rate * seconds))
-        kamailio = self.kamailios[side]
+        kamailios = self.kamailios[side]
+        entry = kamailios[0]
         directory = self.workdir / "steps" / f"{self.steps_run:03d}-{side}-{rate}"
         injection = self.workdir / f"{side}.csv"
         self.credentials.write_injection(side, injection, calls)
-        watch = self.watches.setdefault(kamailio.log.as_posix(), LogWatch(kamailio.log))
-        watch.new_lines()
+        watches = [self.watches.setdefault(k.log.as_posix(), LogWatch(k.log))
+                   for k in kamailios]
+        for watch in watches:
+            watch.new_lines()
         local_port = free_ports(1)[0]
-        before_kamailio = group_cpu_seconds(kamailio.pgid)
+        before_kamailio = [group_cpu_seconds(k.pgid) for k in kamailios]
         before_redis = cpu_seconds(self.redis_server.pgid)
         before_ours = self.own_cpu_seconds()
         before_busy = process_busy_seconds()
         before_drops = udp_receive_errors()
-        before_commands = self.redis_commands()
-        outcome = run_sipp(directory, port=kamailio.port, scenario=scenario_of(side),
+        before_commands, before_calls = self.redis_commands()
+        outcome = run_sipp(directory, port=entry.port, scenario=scenario_of(side),
                            injection=injection, rate=rate, calls=calls, local_port=local_port)
-        kamailio_cpu = group_cpu_seconds(kamailio.pgid) - before_kamailio
+        kamailio_cpu = [group_cpu_seconds(k.pgid) - before
+                        for k, before in zip(kamailios, before_kamailio, strict=True)]
         redis_cpu = cpu_seconds(self.redis_server.pgid) - before_redis
         ours = self.own_cpu_seconds() - before_ours + outcome.cpu
         other = max(0.0, process_busy_seconds() - before_busy - ours)
+        after_commands, after_calls = self.redis_commands()
         return StepResult(
             side=side, rate=rate, attempt=attempt, calls=calls, sipp=outcome,
-            kamailio_cpu=kamailio_cpu,
+            kamailio_cpu=sum(kamailio_cpu), peer_cpu=sum(kamailio_cpu[1:]),
             redis_cpu=redis_cpu, other_cpu=other,
             udp_drops=udp_receive_errors() - before_drops,
-            redis_commands=self.redis_commands() - before_commands,
-            log_problems=kamailio_log_problems(watch.new_lines()),
+            redis_commands=after_commands - before_commands,
+            redis_calls=after_calls - before_calls,
+            log_problems=kamailio_log_problems(
+                [line for watch in watches for line in watch.new_lines()]),
             max_shortfall=self.max_shortfall,
         )
+
+
+def format_redis_calls(step: StepResult) -> str:
+    calls = step.redis_calls_per_registration()
+    return ", ".join(f"{name} {count:.2f}" for name, count in calls.items()) or "none"
 
 
 def describe_step(step: StepResult) -> str:
@@ -709,10 +806,13 @@ def describe_step(step: StepResult) -> str:
         f"{step.achieved:.0f}/s, p50 {format_ms(step.latency(50))} ms, "
         f"p99 {format_ms(step.latency(99))} ms, "
         f"kamailio {100 * step.core_share(step.kamailio_cpu):.0f}% "
-        f"({step.cpu_ms_per_registration():.2f} ms/reg), "
+        f"({step.cpu_ms_per_registration():.2f} ms/reg"
+        + (f", peer {step.peer_cpu_ms_per_registration():.2f}" if step.peer_cpu else "")
+        + "), "
         f"redis {100 * step.core_share(step.redis_cpu):.0f}%, "
         f"sipp {100 * step.core_share(step.sipp.cpu):.0f}%, "
-        f"redis commands/reg {step.redis_commands_per_registration():.1f}, "
+        f"redis commands/reg {step.redis_commands_per_registration():.1f} "
+        f"({format_redis_calls(step)}), "
         f"other {100 * step.core_share(step.other_cpu):.0f}%, "
         f"retrans {step.sipp.retransmissions}"
     )
@@ -780,9 +880,8 @@ def ratio(results: dict[str, SideResult], side: str, baseline: str) -> float | N
 
 
 def print_summary(results: dict[str, SideResult], rates: Sequence[int]) -> None:
-    header = (f"{'side':18} {'max reg/s':>9} {'REGISTER/s':>10} {'kam CPU':>8} "
-              f"{'ms/reg':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs redis':>8} {'vs mem':>7}  "
-              "stopped by")
+    header = (f"{'side':22} {'max reg/s':>9} {'REGISTER/s':>10} {'kam CPU':>8} "
+              f"{'ms/reg':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs native':>9}  stopped by")
     print("\nResults (highest step passed with zero failures; CPU at that step):")
     print(header)
     print("-" * len(header))
@@ -791,17 +890,15 @@ def print_summary(results: dict[str, SideResult], rates: Sequence[int]) -> None:
         stop = result.stopped_by
         stopped = (f"{stop.rate}/s: {stop.why_not()}" if stop
                    else f"passed every step up to {rates[-1]}/s")
-        vs_redis = ratio(results, side, NATIVE_REDIS)
-        vs_memory = ratio(results, side, NATIVE_MEMORY)
+        versus = format_ratio(ratio(results, side, BASELINE)) if side in OMNICC_SIDES else ""
         if best is None:
-            print(f"{side:18} {'<' + str(rates[0]):>9} {'-':>10} {'':>8} {'':>7} {'':>7} "
-                  f"{'':>7} {'':>8} {'':>7}  {stopped}")
+            print(f"{side:22} {'<' + str(rates[0]):>9} {'-':>10} {'':>8} {'':>7} {'':>7} "
+                  f"{'':>7} {versus:>9}  {stopped}")
             continue
-        print(f"{side:18} {best.rate:>9} {best.rate * requests_per_registration(side):>10} "
+        print(f"{side:22} {best.rate:>9} {best.rate * requests_per_registration(side):>10} "
               f"{100 * best.core_share(best.kamailio_cpu):>7.0f}% "
               f"{best.cpu_ms_per_registration():>7.2f} {format_ms(best.latency(50)):>7} "
-              f"{format_ms(best.latency(99)):>7} {format_ratio(vs_redis):>8} "
-              f"{format_ratio(vs_memory):>7}  {stopped}")
+              f"{format_ms(best.latency(99)):>7} {versus:>9}  {stopped}")
 
 
 def format_ratio(value: float | None) -> str:
@@ -858,10 +955,9 @@ def omnicc_revision() -> str:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", "kemi", "omnicc",
-                  "kamailio.cfg.j2")
-    return commit + (" (with uncommitted changes in kemi/, omnicc/ or kamailio.cfg.j2)"
-                     if changed else "")
+    changed = git("diff", "HEAD", "--name-only", "--", "kemi", "omnicc", "kamailio.cfg.j2")
+    files = ", ".join(changed.split())
+    return commit + (f" (with uncommitted changes in {files})" if files else "")
 
 
 def other_load_note(results: dict[str, SideResult]) -> str:
@@ -879,34 +975,59 @@ def summary_table(results: dict[str, SideResult], rates: Sequence[int]) -> list[
     rate = common_rate(results)
     out = [
         "| side | what | registrations/s (highest step at zero failures) | REGISTER requests/s "
-        "| Kamailio CPU (cores) | p50 / p99 ms | omnicc / native-redis "
-        "| omnicc / native-memory | stopped at "
+        "| Kamailio CPU at that step: cores / ms per registration | p50 / p99 ms "
+        f"| omnicc / {BASELINE} | stopped at "
         f"| Kamailio CPU ms/registration at {rate}/s "
+        f"| Redis CPU ms/registration at {rate}/s "
+        f"| Redis commands/registration at {rate}/s "
         f"| CPU ceiling at {rate}/s (registrations/s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     ]
     for side, result in results.items():
         at_common = step_at(result, rate) if rate is not None else None
-        costs = (f"| {at_common.cpu_ms_per_registration():.2f} | {at_common.cpu_ceiling():.0f} |"
-                 if at_common else "| - | - |")
+        costs = ("| - | - | - | - |" if at_common is None else
+                 f"| {format_cpu_ms(at_common)} "
+                 f"| {at_common.redis_cpu_ms_per_registration():.3f} "
+                 f"| {format_redis_calls(at_common)} | {at_common.cpu_ceiling():.0f} |")
         best = result.best
         stop = result.stopped_by
         next_step = (f"{stop.rate}/s: {stop.why_not()}" if stop
                      else f"none (passed every step up to {rates[-1]}/s)")
-        is_omnicc = side in OMNICC_SIDES
-        ratios = [format_ratio(ratio(results, side, NATIVE_REDIS)) if is_omnicc else "",
-                  format_ratio(ratio(results, side, NATIVE_MEMORY)) if is_omnicc else ""]
+        versus = format_ratio(ratio(results, side, BASELINE)) if side in OMNICC_SIDES else ""
         if best is None:
             out.append(f"| {side} | {SIDE_DESCRIPTIONS[side]} | below {rates[0]} | - | - "
-                       f"| - | {ratios[0]} | {ratios[1]} | {next_step} {costs}")
+                       f"| - | {versus} | {next_step} {costs}")
             continue
         out.append(
             f"| {side} | {SIDE_DESCRIPTIONS[side]} | **{best.rate}** "
             f"| {best.rate * requests_per_registration(side)} "
-            f"| {best.core_share(best.kamailio_cpu):.2f} "
+            f"| {format_cores_and_ms(best)} "
             f"| {format_ms(best.latency(50))} / {format_ms(best.latency(99))} "
-            f"| {ratios[0]} | {ratios[1]} | {next_step} {costs}")
+            f"| {versus} | {next_step} {costs}")
     return out
+
+
+def format_cpu_ms(step: StepResult) -> str:
+    """Kamailio CPU per registration; for a side with a DMQ peer, the peer's part too."""
+    text = f"{step.cpu_ms_per_registration():.3f}"
+    if step.peer_cpu:
+        text += f" (peer {step.peer_cpu_ms_per_registration():.3f})"
+    return text
+
+
+def format_cores(step: StepResult) -> str:
+    text = f"{step.core_share(step.kamailio_cpu):.2f}"
+    if step.peer_cpu:
+        text += f" (peer {step.core_share(step.peer_cpu):.2f})"
+    return text
+
+
+def format_cores_and_ms(step: StepResult) -> str:
+    text = f"{step.core_share(step.kamailio_cpu):.2f} / {step.cpu_ms_per_registration():.3f}"
+    if step.peer_cpu:
+        text += (f" (peer {step.core_share(step.peer_cpu):.2f} / "
+                 f"{step.peer_cpu_ms_per_registration():.3f})")
+    return text
 
 
 def steps_table(results: dict[str, SideResult]) -> list[str]:
@@ -922,7 +1043,7 @@ def steps_table(results: dict[str, SideResult]) -> list[str]:
                 f"| {side} | {step.rate} | {step.attempt} | {step.sipp.successful} "
                 f"| {step.failures} | {step.achieved:.0f} | {format_ms(step.latency(50))} "
                 f"| {format_ms(step.latency(99))} | {step.sipp.retransmissions} "
-                f"| {step.udp_drops} | {step.core_share(step.kamailio_cpu):.2f} "
+                f"| {step.udp_drops} | {format_cores(step)} "
                 f"| {step.core_share(step.redis_cpu):.2f} | {step.core_share(step.sipp.cpu):.2f} "
                 f"| {step.core_share(step.other_cpu):.2f} "
                 f"| {'yes' if step.passed else 'no: ' + step.why_not()} |")
@@ -948,11 +1069,12 @@ def problems_section(results: dict[str, SideResult]) -> list[str]:
     return ["", "### Failures and log problems", "", *out] if out else []
 
 
-def verdict_sentences(results: dict[str, SideResult]) -> list[str]:
+def verdict_sentences(results: dict[str, SideResult],
+                      replication: Replication | None = None) -> list[str]:
     sentences: list[str] = []
-    rate = common_rate(results)
-    baseline = step_at(results[NATIVE_REDIS], rate) if (
-        rate is not None and NATIVE_REDIS in results) else None
+    common = common_rate(results)
+    baseline = results.get(BASELINE)
+    baseline_step = step_at(baseline, common) if baseline and common is not None else None
     for side in OMNICC_SIDES:
         if side not in results:
             continue
@@ -960,22 +1082,21 @@ def verdict_sentences(results: dict[str, SideResult]) -> list[str]:
         parts = [f"**{side}**: {rate} registrations/s "
                  f"({'meets' if rate >= TARGET_RATE else 'misses'} the "
                  f"{TARGET_RATE}/s target)"]
-        for native in (NATIVE_REDIS, NATIVE_MEMORY):
-            value = ratio(results, side, native)
-            if value is not None:
-                met = "meets" if value >= TARGET_RATIO else "misses"
-                parts.append(f"{value:.2f} x {native} ({met} the {TARGET_RATIO} target)")
-        at_common = step_at(results[side], rate) if rate is not None else None
-        if baseline is not None and at_common is not None:
-            cost = baseline.cpu_ms_per_registration() / at_common.cpu_ms_per_registration()
-            parts.append(f"and at {rate}/s one registration took {1 / cost:.1f} x the "
-                         "Kamailio CPU it took on native-redis (so "
-                         f"{cost:.2f} of native-redis's registrations per CPU second)")
+        value = ratio(results, side, BASELINE)
+        if value is not None:
+            met = "meets" if value >= TARGET_RATIO else "misses"
+            parts.append(f"{value:.2f} x {BASELINE} ({met} the {TARGET_RATIO} target)")
+        at_common = step_at(results[side], common) if common is not None else None
+        if baseline_step is not None and at_common is not None:
+            times = at_common.cpu_ms_per_registration() / baseline_step.cpu_ms_per_registration()
+            parts.append(f"and at {common}/s one registration took {times:.1f} x the "
+                         f"Kamailio CPU of one on {BASELINE}")
         sentences.append(", ".join(parts) + ".")
-    for native in NATIVE_SIDES:
-        if native in results and results[native].steps and results[native].stopped_by is None:
-            sentences.append(f"{native} passed every step, so its limit is higher than its "
-                             "figure here and the ratios against it are upper bounds.")
+    if baseline is not None and baseline.steps and baseline.stopped_by is None:
+        sentences.append(f"{BASELINE} passed every step, so its limit is higher than its "
+                         "figure here and the ratios against it are upper bounds.")
+    if replication is not None:
+        sentences.append(f"{OMNICC_BEARER_CLUSTER}, after the run: {replication.describe()}.")
     return sentences
 
 
@@ -989,27 +1110,77 @@ def step_at(result: SideResult, rate: int) -> StepResult | None:
     return next((s for s in result.steps if s.rate == rate and s.passed), None)
 
 
-def interpretation(results: dict[str, SideResult]) -> str:
+def cost_sentences(costs: dict[str, StepResult | None]) -> list[str]:
+    """Where omnicc's CPU per registration goes, from the differences between sides that
+    differ in one thing each."""
+    ms = {side: step.cpu_ms_per_registration() for side, step in costs.items() if step}
+    out = []
+    native, digest, bearer = ms.get(NATIVE_MEMORY), ms.get(OMNICC_DIGEST), ms.get(OMNICC_BEARER)
+    if native is not None and digest is not None:
+        out.append(
+            f"A digest registration is two REGISTER transactions (the challenge, then the "
+            f"authenticated one). {NATIVE_MEMORY} does both in native cfg script: "
+            f"{native:.3f} ms. {OMNICC_DIGEST} does the same two through the KEMI Python "
+            f"route, plus one Redis round trip on the authenticated one: {digest:.3f} ms, "
+            f"{digest / native:.1f} x.")
+    if digest is not None and bearer is not None:
+        out.append(
+            f"{OMNICC_BEARER} is one transaction, with its token found in the worker's cache "
+            f"and the same round trip: {bearer:.3f} ms. The difference, {digest - bearer:.3f} "
+            f"ms, is about what the challenged request costs in omnicc: the Python route with "
+            f"no Redis call at all (a request without credentials makes none)"
+            + (f", against {native / 2:.3f} ms for an average native transaction" if native
+               else "") + ".")
+    if bearer is not None and OMNICC_BEARER_NEW in ms:
+        out.append(f"A token never seen before adds its EdDSA signature check: "
+                   f"{OMNICC_BEARER_NEW} {ms[OMNICC_BEARER_NEW]:.3f} ms, "
+                   f"{ms[OMNICC_BEARER_NEW] - bearer:+.3f} ms.")
+    if digest is not None and OMNICC_EPHEMERAL in ms:
+        out.append(f"Ephemeral credentials add the HMAC of the username: {OMNICC_EPHEMERAL} "
+                   f"{ms[OMNICC_EPHEMERAL]:.3f} ms, {ms[OMNICC_EPHEMERAL] - digest:+.3f} ms "
+                   f"over static passwords.")
+    cluster = costs.get(OMNICC_BEARER_CLUSTER)
+    if bearer is not None and cluster is not None:
+        out.append(
+            f"Replicating each registration to one DMQ peer: {OMNICC_BEARER_CLUSTER} "
+            f"{ms[OMNICC_BEARER_CLUSTER]:.3f} ms for both Kamailios together, "
+            f"{ms[OMNICC_BEARER_CLUSTER] - bearer:+.3f} ms over {OMNICC_BEARER}, of which the "
+            f"peer (receiving the KDMQ request in the KEMI route, dmq_usrloc saving the "
+            f"contact) {cluster.peer_cpu_ms_per_registration():.3f} ms and the rest the node "
+            "that took the registration (sending the KDMQ request through tm, and its reply).")
+    omnicc_steps = [step for side, step in costs.items() if side in OMNICC_SIDES and step]
+    if omnicc_steps:
+        evalsha = [step.redis_calls_per_registration().get("evalsha", 0.0)
+                   + step.redis_calls_per_registration().get("eval", 0.0)
+                   for step in omnicc_steps]
+        redis_ms = [step.redis_cpu_ms_per_registration() for step in omnicc_steps]
+        out.append(
+            f"The Redis commands column is the evidence of the one round trip: "
+            f"{span(evalsha, 2)} script calls (EVALSHA) per registration on the omnicc "
+            "sides (the script's own EXISTS and SET are counted in the same column), and "
+            f"Redis spent {span(redis_ms, 3)} ms of its own CPU per registration. What "
+            "the round trip costs inside Kamailio (the lean client's send and receive "
+            "system calls) is part of the Kamailio figures above: process CPU does not "
+            "separate it from the Python route's other work. The wait for Redis's answer "
+            "costs no CPU, but holds the worker (one of 4) for that long.")
+    return out
+
+
+def span(values: Sequence[float], decimals: int) -> str:
+    low, high = f"{min(values):.{decimals}f}", f"{max(values):.{decimals}f}"
+    return low if low == high else f"{low} to {high}"
+
+
+def interpretation(results: dict[str, SideResult], idle: dict[str, float]) -> str:
     sentences = []
     rate = common_rate(results)
     if rate is not None:
         costs = {side: step_at(result, rate) for side, result in results.items()}
-        listed = ", ".join(f"{side} {step.cpu_ms_per_registration():.2f} ms"
+        listed = ", ".join(f"{side} {step.cpu_ms_per_registration():.3f} ms"
                            for side, step in costs.items() if step is not None)
         sentences.append(f"At {rate}/s, which every side passed, one registration cost this "
                          f"much Kamailio CPU (all its processes): {listed}.")
-        omnicc, native_redis, native_memory = (
-            costs.get(OMNICC_DIGEST), costs.get(NATIVE_REDIS), costs.get(NATIVE_MEMORY))
-        if omnicc and native_redis and native_memory:
-            storage = (native_redis.cpu_ms_per_registration()
-                       - native_memory.cpu_ms_per_registration())
-            python = omnicc.cpu_ms_per_registration() - native_redis.cpu_ms_per_registration()
-            sentences.append(
-                f"So for a digest registration, keeping usrloc in Redis through db_redis "
-                f"(db_mode 3) costs about {storage:.2f} ms of Kamailio CPU over keeping it in "
-                f"memory, and omnicc's Python route about {python:.2f} ms more: the KEMI "
-                "script for both REGISTERs, with its redis-py calls (the flood counter on "
-                "every request, the revocation check, the agent's reachability key).")
+        sentences += cost_sentences(costs)
         ceilings = {side: step.cpu_ceiling() for side, step in costs.items() if step}
         if ceilings:
             cpus = len(os.sched_getaffinity(0))
@@ -1017,17 +1188,24 @@ def interpretation(results: dict[str, SideResult]) -> str:
             sentences.append(
                 f"On CPU alone ({cpus} CPUs over what one registration cost Kamailio, Redis "
                 f"and SIPp together at {rate}/s, with nothing else running) this machine "
-                f"could do about: {listed}; the cheap sides do better than that, since at "
-                f"{rate}/s their idle timers weigh on each registration. {TARGET_RATE}/s "
-                f"leaves {1000 * cpus / TARGET_RATE:.1f} ms of CPU per registration for "
-                "Kamailio, Redis and SIPp together.")
+                f"could do about: {listed}. These are pessimistic: a registration costs "
+                "less CPU the busier the Kamailio (compare each side's ms/registration at "
+                "its highest step with the figures above)."
+                + (f" Not because of timers: idle, before the warm-up, the Kamailios used "
+                   f"at most {max(idle.values()):.3f} of a core each. Presumably it is "
+                   "per-request overhead a busy worker pays less of (at a low rate each "
+                   "request wakes a sleeping worker, at a high one the next is often "
+                   "already waiting)." if idle else "")
+                + " "
+                f"{TARGET_RATE}/s leaves {1000 * cpus / TARGET_RATE:.1f} ms of CPU per "
+                "registration for Kamailio, Redis and SIPp together.")
     failed = [result.stopped_by for result in results.values() if result.stopped_by]
     dropping = [step for step in failed if step.udp_drops]
     if dropping:
         sentences.append(
-            "Where a side failed, its Kamailio had fallen behind: the kernel dropped "
-            "requests from full UDP receive buffers (the UDP drops column, a system-wide "
-            "counter), SIPp retransmitted them after 500 ms, and registrations that "
+            "Where a side failed, the kernel had dropped requests from full UDP receive "
+            "buffers (the UDP drops column, a system-wide counter): a Kamailio (or SIPp) "
+            "had fallen behind, SIPp retransmitted after 500 ms, and registrations that "
             "waited too long failed or the achieved rate fell short.")
     bests = [r.best for r in results.values() if r.best is not None]
     top = max(bests, key=lambda step: step.rate) if bests else None
@@ -1040,13 +1218,15 @@ def interpretation(results: dict[str, SideResult]) -> str:
     return " ".join(sentences)
 
 
-def doc_section(results: dict[str, SideResult], registered: dict[str, int],
+def doc_section(results: dict[str, SideResult], registered: int | None,
+                replication: Replication | None, idle: dict[str, float],
                 args: argparse.Namespace, command: str, when: str, revision: str) -> str:
-    registrar_note = ""
-    if registered:
-        registrar_note = (" After the run the db_redis registrars held " + ", ".join(
-            f"{count} AORs ({name})" for name, count in registered.items())
-            + f" for {args.agents} agents.")
+    after_run = ""
+    if registered is not None:
+        after_run += (f" After the run Redis held the ACD's reachability key of {registered} "
+                      f"of the {args.agents} agents.")
+    if replication is not None:
+        after_run += f" For {OMNICC_BEARER_CLUSTER}, {replication.describe()} (RPC ul.dump)."
     out = [
         DOC_BEGIN,
         "## Authenticated REGISTER/s: omnicc vs a native kamailio.cfg (`bench/register_auth.py`)",
@@ -1055,27 +1235,38 @@ def doc_section(results: dict[str, SideResult], registered: dict[str, int],
         "re-register over and over through a real Kamailio, driven by one SIPp on loopback "
         "with an injection file (a line per agent, or per call for `omnicc-bearer-new`). "
         "omnicc's Kamailio is the one `omnicc.stack` starts (kamailio.cfg.j2 + "
-        "kemi/omnicc_kemi.py, usrloc db_mode 3 over db_redis). The native one is "
+        "kemi/omnicc_kemi.py): usrloc in memory (db_mode 0); the per-IP flood and "
+        "authentication-failure counters in Kamailio htables, so screening a request makes "
+        "no Redis call; and one Redis round trip per authenticated request, the EVALSHA of "
+        "`agent_auth.ADMIT_LUA` over `omnicc/lean_redis.py` (is the agent disabled or the "
+        "token revoked, and for a REGISTER the agent's reachability key for the ACD). The "
+        "four single-node sides share one such Kamailio, without DMQ peers. "
+        f"`{OMNICC_BEARER_CLUSTER}` runs two more (nodes bench-cluster-a and bench-cluster-b "
+        "on two loopback ports, `kamailio_nodes` listing both, the same Redis and keys): "
+        "SIPp registers through a, which replicates every registration to b over DMQ "
+        "(dmq_usrloc), and the CPU of both Kamailios counts. The native side is "
         "`bench/native_register_auth.cfg.j2`: no Python, digest with `pv_auth_check` against "
-        "passwords in an htable, then `save(\"location\")`, with usrloc either in memory "
-        "(native-memory, db_mode 0) or over db_redis like omnicc's (native-redis, db_mode 3, "
-        "the same `keys` layout): native-redis is the like-for-like baseline. Same Kamailio "
-        f"binary, {CHILDREN} UDP workers each, the same memory sizes, one redis-server of the "
-        "benchmark's own (no persistence) for both registrars. omnicc's config raises "
+        "passwords in an htable, then `save(\"location\")` with usrloc in memory (db_mode 0): "
+        f"the plain native kamailio.cfg the issue names, and the baseline of every ratio. "
+        f"Same Kamailio binary, {CHILDREN} UDP workers each, the same memory sizes, one "
+        "redis-server of the benchmark's own (no persistence). omnicc's config raises "
         "`security.flood_requests` to 1,000,000: all the load comes from 127.0.0.1, which "
         "the default limit (200 requests in 2 s) would ban; the flood counter still runs on "
         "every request.",
         "",
         "A registration is one SIPp call ending in 200 OK: for digest that is REGISTER, 401, "
-        "REGISTER with credentials, 200 (two REGISTER requests), for bearer one REGISTER "
-        "carrying the token; the REGISTER requests/s column counts both kinds. Each side "
+        "REGISTER with credentials, 200 (two REGISTER requests, one of them authenticated), "
+        "for bearer one REGISTER carrying the token; the targets count registrations (one "
+        "authenticated REGISTER each), the REGISTER requests/s column both kinds. Each side "
         f"steps its rate up ({', '.join(map(str, args.rates))}/s, {args.seconds:g} s per "
         "step, sides interleaved per step) and stops at the first rate with a failed call or "
         f"an achieved rate more than {100 * args.max_shortfall:g}% below the target in "
         f"each of {args.attempts} attempt(s) (the machine is shared with other jobs, so a "
         "failing step is run again before the side stops); its result is the highest rate "
         "it passed. p50/p99: first REGISTER sent to 200 received, as SIPp times it (whole "
-        "milliseconds)." + registrar_note,
+        "milliseconds). Redis commands per registration: from INFO commandstats over all "
+        "Redis clients, commands run by a Lua script included (so one EVALSHA round trip "
+        "shows as evalsha and the script's exists and set)." + after_run,
         "",
         f"Run {when}. Reproduce with:",
         "",
@@ -1093,11 +1284,11 @@ def doc_section(results: dict[str, SideResult], registered: dict[str, int],
         "",
         *summary_table(results, args.rates),
         "",
-        *(f"- {sentence}" for sentence in verdict_sentences(results)),
+        *(f"- {sentence}" for sentence in verdict_sentences(results, replication)),
         "",
-        "### What the numbers mean",
+        "### Where omnicc's time goes",
         "",
-        interpretation(results),
+        interpretation(results, idle),
         "",
         "### Every step",
         "",
@@ -1148,30 +1339,132 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def count_registered(redis_port: int, sides: Sequence[str]) -> dict[str, int]:
-    """Agents each registrar shows registered after the run (every agent must be there
-    once): for omnicc the reachability keys its Kamailio publishes for the ACD
-    ({t:TENANT}:agent:EXT:contact), for native-redis the db_redis AOR sets."""
-    counts = {}
-    if any(side in OMNICC_SIDES for side in sides):
-        with redis.Redis(host=HOST, port=redis_port) as client:
-            counts["omnicc"] = sum(1 for _ in client.scan_iter(
-                match=agent_contact(TENANT, "*"), count=1000))
-    if NATIVE_REDIS in sides:
-        with redis.Redis(host=HOST, port=redis_port, db=NATIVE_REGISTRAR_DB) as client:
-            counts[NATIVE_REDIS] = sum(1 for _ in client.scan_iter(
-                match="location:usrdom::*", count=1000))
-    return counts
+def count_registered(redis_port: int) -> int:
+    """Agents omnicc shows reachable after the run (every agent must be there once): the
+    reachability keys its Kamailio publishes for the ACD ({t:TENANT}:agent:EXT:contact)."""
+    with redis.Redis(host=HOST, port=redis_port) as client:
+        return sum(1 for _ in client.scan_iter(match=agent_contact(TENANT, "*"), count=1000))
 
 
-def write_omnicc_config(workdir: Path, agents: Sequence[Agent], redis_port: int) -> Path:
-    kamailio_port, asterisk_port, agi_port, postgres_port = free_ports(4)
-    # Only Kamailio and Redis run; the other ports just have to be distinct.
-    ports = {"kamailio": kamailio_port, "asterisk": asterisk_port, "agi": agi_port,
-             "redis": redis_port, "postgres": postgres_port}
-    path = workdir / "omnicc.yaml"
-    path.write_text(omnicc_config_text(agents, ports))
-    return path
+# ---------------------------------------------------------------------------- the cluster
+
+
+def usrloc_bindings(server: Server) -> dict[str, frozenset[str]]:
+    """Every AOR a Kamailio's usrloc holds, with its contacts' addresses (RPC ul.dump)."""
+    if server.rpc_fifo is None:
+        raise ValueError(f"{server.name} has no control FIFO")
+    dump = call(server.rpc_fifo, "ul.dump", timeout=20)
+    bindings: dict[str, frozenset[str]] = {}
+
+    def addresses(node: object) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("Address"), str):
+                yield node["Address"]
+            for value in node.values():
+                yield from addresses(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from addresses(value)
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("AoR"), str):
+                bindings[node["AoR"]] = frozenset(addresses(node.get("Contacts", [])))
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(dump)
+    return bindings
+
+
+@dataclass(frozen=True)
+class Replication:
+    """What omnicc-bearer-cluster's two nodes held after the run."""
+
+    agents: int
+    entry_aors: int  # AORs in the usrloc of the node SIPp registered through
+    peer_aors: int  # AORs in its DMQ peer's usrloc
+    same: int  # AORs of the agents the peer holds with exactly the entry's contacts
+    waited: float  # seconds until the peer held them all (or the wait ran out)
+
+    @property
+    def complete(self) -> bool:
+        return self.entry_aors == self.peer_aors == self.same == self.agents
+
+    def describe(self) -> str:
+        return (f"the node SIPp registered through held {self.entry_aors} AORs, its DMQ peer "
+                f"{self.peer_aors}, {self.same} of the {self.agents} agents' with the same "
+                f"contacts on both" + (" (complete)" if self.complete else " (INCOMPLETE)"))
+
+
+def check_replication(entry: Server, peer: Server, agents: Sequence[Agent]) -> Replication:
+    """Whether the peer holds every agent's registration as the entry node does; it may
+    lag a little behind (DMQ is asynchronous), so it is asked until it agrees or
+    REPLICATION_WAIT_SECONDS have passed."""
+    aors = {f"{agent.extension}@{DOMAIN}" for agent in agents}
+    started = time.monotonic()
+    while True:
+        theirs, ours = usrloc_bindings(entry), usrloc_bindings(peer)
+        same = sum(1 for aor in aors if aor in theirs and theirs[aor] and
+                   ours.get(aor) == theirs[aor])
+        waited = time.monotonic() - started
+        result = Replication(len(aors), len(theirs), len(ours), same, waited)
+        if result.complete or waited > REPLICATION_WAIT_SECONDS:
+            return result
+        time.sleep(0.5)
+
+
+def wait_for_dmq_peer(server: Server, timeout: float = 30.0) -> None:
+    """Until the node's DMQ has its peer active (else the first registrations could go
+    unreplicated, and the replication cost unmeasured)."""
+    assert server.rpc_fifo is not None
+    deadline = time.monotonic() + timeout
+    nodes: object = None
+    while time.monotonic() < deadline:
+        try:
+            nodes = call(server.rpc_fifo, "dmq.list_nodes")
+        except KamailioRpcError as exc:
+            nodes = str(exc)
+        entries = nodes if isinstance(nodes, list) else []
+        if any(isinstance(node, dict) and not node.get("local") and
+               node.get("status") == "active" for node in entries):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{server.name}: its DMQ peer is not active after {timeout:g} s: {nodes}")
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Ports of the benchmark's omnicc configs. Only Kamailio and Redis run; the others
+    just have to be distinct."""
+
+    redis: int
+    asterisk: int
+    agi: int
+    postgres: int
+
+    @classmethod
+    def pick(cls, redis_port: int) -> Ports:
+        return cls(redis_port, *free_ports(3))
+
+    def with_kamailio(self, kamailio: int) -> dict[str, int]:
+        return {"kamailio": kamailio, "asterisk": self.asterisk, "agi": self.agi,
+                "redis": self.redis, "postgres": self.postgres}
+
+
+def make_stack(directory: Path, config_text: str) -> Stack:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "omnicc.yaml"
+    path.write_text(config_text)
+    config: OmniccConfig = load_config(path)
+    return Stack(config, path, directory / "var")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1183,27 +1476,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     revision = omnicc_revision()
     workdir = Path(tempfile.mkdtemp(prefix="omnicc-bench-register-"))
     results: dict[str, SideResult] = {side: SideResult(side, []) for side in args.sides}
-    registered: dict[str, int] = {}
+    registered: int | None = None
+    replication: Replication | None = None
+    idle: dict[str, float] = {}
     problems_seen = False
     try:
         with ExitStack() as services:
             redis_port = free_ports(1)[0]
             store = services.enter_context(redis_server(workdir, redis_port))
             print(f"redis-server on port {redis_port}; work directory {workdir}", flush=True)
-            config_path = write_omnicc_config(workdir, agents, redis_port)
-            config: OmniccConfig = load_config(config_path)
-            stack = Stack(config, config_path, workdir / "omnicc-var")
-            kamailios: dict[str, Server] = {}
-            if any(side in OMNICC_SIDES for side in args.sides):
+            ports = Ports.pick(redis_port)
+            # The single node; its secrets (made now) are every omnicc node's.
+            stack = make_stack(workdir / "omnicc", omnicc_config_text(
+                agents, ports.with_kamailio(free_ports(1)[0])))
+            credentials = Credentials.of_stack(stack, agents)
+            kamailios: dict[str, tuple[Server, ...]] = {}
+            if any(side in SINGLE_NODE_SIDES for side in args.sides):
                 omnicc = services.enter_context(omnicc_kamailio(stack))
-                kamailios.update({side: omnicc for side in OMNICC_SIDES})
-            for side, mode in ((NATIVE_MEMORY, "memory"), (NATIVE_REDIS, "redis")):
-                if side in args.sides:
-                    kamailios[side] = services.enter_context(native_kamailio(
-                        workdir, usrloc_mode=mode, port=free_ports(1)[0], agents=agents,
-                        redis_port=redis_port))
-            bench = Bench(workdir, store, kamailios, Credentials.of_stack(stack, agents),
-                          args.max_shortfall)
+                kamailios.update({side: (omnicc,) for side in SINGLE_NODE_SIDES})
+            if OMNICC_BEARER_CLUSTER in args.sides:
+                shared = resolve_secret_files(stack.config, stack.config_path, stack.var)
+                node_ports = free_ports(len(CLUSTER_NODES))
+                cluster: list[Server] = []
+                for node, port in zip(CLUSTER_NODES, node_ports, strict=True):
+                    node_stack = make_stack(workdir / node, omnicc_config_text(
+                        agents, ports.with_kamailio(port), node=node,
+                        cluster_ports=node_ports, secret_files=shared))
+                    cluster.append(services.enter_context(omnicc_kamailio(node_stack)))
+                for server in cluster:
+                    wait_for_dmq_peer(server)
+                # SIPp registers through the first; the second is its DMQ peer.
+                kamailios[OMNICC_BEARER_CLUSTER] = tuple(cluster)
+            if NATIVE_MEMORY in args.sides:
+                native = services.enter_context(native_kamailio(
+                    workdir, port=free_ports(1)[0], agents=agents))
+                kamailios[NATIVE_MEMORY] = (native,)
+            bench = Bench(workdir, store, kamailios, credentials, args.max_shortfall)
+            idle = bench.idle_cores()
+            print("  idle: " + ", ".join(f"{name} {cores:.3f} cores"
+                                         for name, cores in idle.items()), flush=True)
             # Warm-up, not counted: every agent registered once on every registrar (so the
             # steps measure re-registrations), every worker's interpreter and caches warm.
             for side in args.sides:
@@ -1229,9 +1540,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         alive.remove(side)
                 if not alive:
                     break
-            registered = count_registered(redis_port, args.sides)
-            for name, count in registered.items():
-                print(f"  AORs in the {name} registrar (Redis): {count} of {args.agents}")
+            if any(side in OMNICC_SIDES for side in args.sides):
+                registered = count_registered(redis_port)
+                print(f"  agents reachable in Redis (omnicc): {registered} of {args.agents}")
+            if OMNICC_BEARER_CLUSTER in args.sides:
+                entry, peer = kamailios[OMNICC_BEARER_CLUSTER]
+                replication = check_replication(entry, peer, agents)
+                print(f"  {OMNICC_BEARER_CLUSTER}: {replication.describe()}")
+                problems_seen |= not replication.complete
     finally:
         if args.keep or problems_seen:
             print(f"\nwork directory (logs, SIPp traces) kept: {workdir}")
@@ -1239,16 +1555,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print_summary(results, args.rates)
     print()
-    for sentence in verdict_sentences(results):
+    for sentence in verdict_sentences(results, replication):
         print(sentence.replace("**", ""))
-    print(interpretation(results))
+    print(interpretation(results, idle))
     if args.write_doc:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_doc_section(args.doc, DOC_BEGIN, DOC_END,
-                          doc_section(results, registered, args, command, when, revision))
+                          doc_section(results, registered, replication, idle, args, command,
+                                      when, revision))
         print(f"\nwrote {args.doc}")
     measured = all(result.steps for result in results.values())
-    return 0 if measured else 1
+    replicated = replication is None or replication.complete
+    return 0 if measured and replicated else 1
 
 
 if __name__ == "__main__":
