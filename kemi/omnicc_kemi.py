@@ -47,6 +47,8 @@ DISPATCHER_ROUND_ROBIN = 4
 ASTERISK_SILENCE_TIMEOUT_MS = 3000
 REG_SAVE_NO_REPLY = 0x02  # save() flag: the script sends the reply (reg_send_reply)
 AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
+AUTH_NONCE_REUSED = -6  # ... for a nonce count seen before: a replay, or a retransmission
+AUTH_CHALLENGE_QOP = 1  # auth_challenge() flag: qop=auth (nonce counts can be checked)
 ASTERISK_RING_TIMEOUT_MS = 120000
 
 
@@ -61,6 +63,9 @@ class NodeHtables:
 
     def increment(self, table, key):
         return KSR.htable.sht_inc(table, key)
+
+    def set_expiry(self, table, key, seconds):
+        KSR.htable.sht_setex(table, key, seconds)
 
     def remove(self, table, key):
         KSR.htable.sht_rm(table, key)
@@ -372,6 +377,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 if rc == AUTH_STALE_NONCE:
                     # A right answer to an old challenge: challenge again, count nothing.
                     raise AuthFailure("digest: stale nonce", counts=False)
+                if rc == AUTH_NONCE_REUSED:
+                    # Refused, but not counted: a phone's UDP retransmission looks the same.
+                    raise AuthFailure("digest: nonce count reused (replay?)", counts=False)
                 if rc < 0:
                     raise AuthFailure("digest")
                 identity = self.auth.identity(tenant, user)
@@ -392,7 +400,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def challenge(self, realm, register):
         KSR.hdr.append_to_reply(bearer_challenge(realm, proxy=not register))
-        KSR.auth.auth_challenge(realm, 0)
+        KSR.auth.auth_challenge(realm, AUTH_CHALLENGE_QOP)
 
     def auth_failed(self, reason, counts=True):
         ip = KSR.pv.get("$si")

@@ -91,6 +91,8 @@ def _bans_table(stack) -> str:
 def cmd_unban(args: argparse.Namespace) -> int:
     import ipaddress
 
+    import redis
+
     from omnicc import kamailio_rpc
     from omnicc.sip_security import BANS_TABLE, EDGE_TABLES
 
@@ -100,10 +102,18 @@ def cmd_unban(args: argparse.Namespace) -> int:
         print(f"omnicc unban: not an IP address: {args.ip!r}", file=sys.stderr)
         return 2
     stack = _stack(args)
-    recorded = _ban_list(stack).unban(ip)
+    try:
+        recorded = _ban_list(stack).unban(ip)
+    except redis.RedisError as exc:
+        # The ban is enforced by Kamailio, not Redis: lift it there all the same.
+        print(f"omnicc unban: cannot reach Redis ({exc}): the ban's record stays until it "
+              "expires", file=sys.stderr)
+        recorded = None
     # The ban is enforced in Kamailio's memory: lift it there too (and with it the
     # address's counters). This node passes the deletion on to its DMQ peers.
-    fifo = kamailio_rpc.fifo_path(stack.run_dir)
+    fifo = Path(args.rpc_fifo) if args.rpc_fifo else kamailio_rpc.fifo_path(stack.run_dir)
+    if not args.rpc_fifo and not fifo.exists() and kamailio_rpc.PACKAGED_FIFO.exists():
+        fifo = kamailio_rpc.PACKAGED_FIFO  # a Kamailio deployed by its package
     enforced = False
     try:
         try:
@@ -123,6 +133,9 @@ def cmd_unban(args: argparse.Namespace) -> int:
               "lasts until it expires", file=sys.stderr)
         if recorded:
             print(f"{ip}: ban record removed")
+        return 1
+    if recorded is None:
+        print(f"{ip}: ban lifted on Kamailio" if enforced else f"{ip}: not banned on Kamailio")
         return 1
     if recorded or enforced:
         print(f"{ip}: ban lifted")
@@ -209,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_status)
     unban = sub.add_parser("unban", help="lift the ban on an IP address")
     unban.add_argument("ip")
+    unban.add_argument("--rpc-fifo", metavar="PATH",
+                       help="Kamailio's jsonrpcs FIFO (default: the local stack's, else "
+                            "/run/kamailio/kamailio_rpc.fifo)")
     unban.set_defaults(func=cmd_unban)
     render = sub.add_parser("render", help="write kamailio.cfg and the Asterisk configs")
     render.add_argument("--out", required=True, help="directory to write into")

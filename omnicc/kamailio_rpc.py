@@ -1,8 +1,9 @@
 """Kamailio's control interface as omnicc's CLI uses it: JSON-RPC over the FIFO the
 jsonrpcs module reads (kamailio.cfg.j2 puts it in the node's run directory).
 
-One request per call: the reply comes back on a FIFO of our own, made in the same
-directory (jsonrpcs' fifo_reply_dir) and named in the request's ``reply_name``.
+One request per call: the reply comes back on a FIFO of our own, made in jsonrpcs'
+fifo_reply_dir (its default, /tmp/, as kamctl expects too) and named in the request's
+``reply_name``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 FIFO_NAME = "kamailio_rpc.fifo"
+# Where a Kamailio not started by `omnicc up` has it (kamailio.cfg.j2 without a run dir).
+PACKAGED_FIFO = Path("/run/kamailio") / FIFO_NAME
+REPLY_DIR = Path("/tmp")
 
 
 class KamailioRpcError(Exception):
@@ -26,14 +30,17 @@ def fifo_path(run_dir: Path) -> Path:
     return Path(run_dir) / FIFO_NAME
 
 
-def call(fifo: Path, method: str, *params: Any, timeout: float = 5.0) -> Any:
+def call(fifo: Path, method: str, *params: Any, timeout: float = 5.0,
+         reply_dir: Path = REPLY_DIR) -> Any:
     """Run one RPC command; its result, or KamailioRpcError."""
     fifo = Path(fifo)
     if not fifo.exists():
         raise KamailioRpcError(f"no Kamailio control FIFO at {fifo} (is Kamailio running?)")
     reply_name = f"omnicc-rpc-{os.getpid()}-{secrets.token_hex(4)}"
-    reply = fifo.parent / reply_name
-    os.mkfifo(reply, 0o600)
+    reply = Path(reply_dir) / reply_name
+    os.mkfifo(reply)
+    # Kamailio may run as another user (kamailio): it must be able to write the answer.
+    os.chmod(reply, 0o622)
     try:
         # Opened before the request is written, non-blocking, so a Kamailio that never
         # answers cannot hang the caller.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class LeanRedisError(Exception):
@@ -37,7 +37,9 @@ class LeanScript:
         self._address = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
         self._username = unquote(parsed.username) if parsed.username else None
         self._password = unquote(parsed.password) if parsed.password else None
-        database = parsed.path.lstrip("/") if parsed.scheme == "redis" else ""
+        # redis-py's forms: redis://HOST:PORT/DB, unix:///PATH?db=DB
+        database = (parsed.path.lstrip("/") if parsed.scheme == "redis"
+                    else parse_qs(parsed.query).get("db", [""])[0])
         self._db = int(database) if database else 0
         self._timeout = timeout
         self._script = script

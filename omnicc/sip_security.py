@@ -75,6 +75,8 @@ class NodeTables(Protocol):
 
     def increment(self, table: str, key: str) -> int: ...
 
+    def set_expiry(self, table: str, key: str, seconds: int) -> None: ...
+
     def remove(self, table: str, key: str) -> None: ...
 
 
@@ -153,18 +155,27 @@ class EdgeGuard:
 
     def count_request(self, ip: str) -> bool:
         """Count one request; True if the source is now banned for flooding."""
-        if self._tables.increment(FLOOD_TABLE, ip) <= self._security.flood_requests:
-            return False
-        self._tables.remove(FLOOD_TABLE, ip)
-        self.ban(ip, "flood")
-        return True
+        security = self._security
+        return self._count(FLOOD_TABLE, ip, security.flood_requests,
+                           security.flood_window_seconds, "flood")
 
     def count_auth_failure(self, ip: str) -> bool:
         """Count one failed authentication; True if the source is now banned."""
-        if self._tables.increment(AUTHFAIL_TABLE, ip) <= self._security.auth_failures:
+        security = self._security
+        return self._count(AUTHFAIL_TABLE, ip, security.auth_failures,
+                           security.auth_failure_window_seconds, "auth-failures")
+
+    def _count(self, table: str, ip: str, limit: int, window: int, reason: str) -> bool:
+        count = self._tables.increment(table, ip)
+        if count == 1:
+            # A new window. Kamailio 5.6 restarts a counter whose window has passed but
+            # which its timer has not purged yet at 1 without a new expiry, so every
+            # request would count 1 until the purge: the window is set here, explicitly.
+            self._tables.set_expiry(table, ip, window)
+        if count <= limit:
             return False
-        self._tables.remove(AUTHFAIL_TABLE, ip)
-        self.ban(ip, "auth-failures")
+        self._tables.remove(table, ip)
+        self.ban(ip, reason)
         return True
 
     def lift(self, ip: str) -> None:

@@ -5,7 +5,10 @@ Modelled as Kamailio keeps them: one store shared by every worker of a node; a t
 ``autoexpire`` applies to the items it creates, and with ``updateexpire=0`` an update does
 not push an item's expiry back; ``sht_setxs`` gives an item an expiry of its own;
 ``sht_inc`` of a missing item creates it (initval + 1) only in a table with an
-``initval``, and otherwise fails as Kamailio's does (KEMI returns -255, its "no value").
+``initval``, and otherwise fails as Kamailio's does (KEMI returns -255, its "no value");
+``sht_inc`` of an item whose expiry has passed but which htable's timer has not purged
+yet restarts it at initval + 1 and leaves its expiry in the past, as Kamailio 5.6 does
+(``purge`` is the timer).
 Time is a clock the test controls.
 """
 
@@ -43,8 +46,7 @@ class FakeHtables:
         if item is None:
             return None
         if item[1] is not None and self._clock() >= item[1]:
-            del self._items[(table, key)]
-            return None
+            return None  # expired: invisible, but kept until purge()
         return item
 
     def _expiry(self, table: str) -> float | None:
@@ -61,6 +63,12 @@ class FakeHtables:
         self._items[(table, key)] = (value, self._clock() + seconds)
 
     def increment(self, table: str, key: str) -> int:
+        self._table(table)
+        stale = self._items.get((table, key))
+        if stale is not None and stale[1] is not None and self._clock() >= stale[1]:
+            value = self._initval.get(table, 0) + 1
+            self._items[(table, key)] = (value, stale[1])  # restarted, still expired
+            return value
         item = self._live(table, key)
         if item is None:
             if table not in self._initval:
@@ -73,6 +81,17 @@ class FakeHtables:
             expires_at = self._expiry(table)
         self._items[(table, key)] = (value + 1, expires_at)
         return value + 1
+
+    def set_expiry(self, table: str, key: str, seconds: int) -> None:
+        self._table(table)
+        item = self._items.get((table, key))
+        if item is not None:
+            self._items[(table, key)] = (item[0], self._clock() + seconds)
+
+    def purge(self) -> None:
+        """htable's timer: expired items go."""
+        now = self._clock()
+        self._items = {k: v for k, v in self._items.items() if v[1] is None or now < v[1]}
 
     def remove(self, table: str, key: str) -> None:
         self._table(table)

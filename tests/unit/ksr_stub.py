@@ -508,6 +508,10 @@ class FakeHtable(_Part):
     def sht_inc(self, table: str, key: str) -> int:
         return self._call("sht_inc", table, key, result=self._tables().increment(table, key))
 
+    def sht_setex(self, table: str, key: str, seconds: int) -> int:
+        self._tables().set_expiry(table, key, seconds)
+        return self._call("sht_setex", table, key, seconds, result=1)
+
     def sht_rm(self, table: str, key: str) -> int:
         self._tables().remove(table, key)
         return self._call("sht_rm", table, key, result=1)

@@ -45,6 +45,7 @@ from tests.unit.fake_redis import FakeRedis
 from tests.unit.ksr_stub import Credentials, FakeKSR, SipRequest, bind, kemi_script_loaded
 
 REG_SAVE_NO_REPLY = 0x02  # kemi/omnicc_kemi.py: save() without its reply
+QOP_AUTH = 1  # auth_challenge() flag: the challenge offers qop=auth (replay protection)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEMI_SCRIPT = REPO_ROOT / "kemi" / "omnicc_kemi.py"
@@ -331,7 +332,7 @@ def assert_nothing_sent(fake: FakeKSR) -> None:
 def assert_challenged(fake: FakeKSR, *, proxy: bool = False) -> None:
     """Refused with both challenges (RFC 8898: Bearer beside Digest), nothing forwarded."""
     assert fake.reply_headers == [PROXY_BEARER if proxy else WWW_BEARER]
-    assert fake.challenges == [(DOMAIN, 0)]
+    assert fake.challenges == [(DOMAIN, QOP_AUTH)]
     assert fake.index_of("hdr.append_to_reply") < fake.index_of("auth.auth_challenge")
     assert fake.replies == []  # auth_challenge() sends the 401/407 itself
     assert not fake.relayed
@@ -524,6 +525,10 @@ def test_unknown_user_is_challenged_exactly_like_a_known_one(
     worker: Worker, attempt: Credentials | None
 ) -> None:
     # Anti-enumeration: nothing in the replies may tell which extensions exist.
+    # A first failure opens this address's counting windows, so both requests below
+    # find them open (a window's start is per address, not per user).
+    worker.route(register(user=OTHER_AGENT,
+                          credentials=Credentials(OTHER_AGENT, "warm-up", DOMAIN)))
     known_attempt = attempt and replace(attempt, username=AGENT)
     known = worker.route(register(user=AGENT, credentials=known_attempt))
     unknown = worker.route(register(user="1009", credentials=attempt))
@@ -608,6 +613,17 @@ def test_ephemeral_credentials_of_a_disabled_agent_are_refused(
     (logged,) = fake.calls_to("info")
     assert logged[0].endswith(": disabled agent or revoked token\n")
     assert worker.auth_failures() == 1
+
+
+def test_a_reused_nonce_count_is_refused_but_not_counted(worker: Worker) -> None:
+    # Kamailio (auth nonce_count) says -6 for a nc it has seen: a replay, or a phone's
+    # UDP retransmission, which must not bring the phone closer to a ban.
+    fake = worker.route(register(credentials=good_credentials()),
+                        results={"auth.pv_auth_check": -6})
+    assert_challenged(fake)
+    assert worker.auth_failures() == 0
+    (logged,) = fake.calls_to("info")
+    assert "nonce count reused" in logged[0]
 
 
 def test_ephemeral_credentials_with_a_wrong_password_are_refused(
@@ -870,7 +886,7 @@ def test_a_message_over_the_size_limit_is_513(worker: Worker) -> None:
 def test_screening_strangers_costs_no_redis_round_trip(worker: Worker) -> None:
     for _ in range(5):
         assert worker.route(keepalive()).replies == [(200, "Keepalive")]
-    assert worker.route(register()).challenges == [(DOMAIN, 0)]
+    assert worker.route(register()).challenges == [(DOMAIN, QOP_AUTH)]
     assert worker.redis.commands == []
 
 
@@ -1424,4 +1440,4 @@ def test_a_peer_kamailio_nodes_other_requests_are_screened_like_anyones(
 ) -> None:
     worker = worker_with("kamailio_nodes:\n  - {host: 192.0.2.11, port: 5060}\n")
     fake = worker.route(register(source_ip="192.0.2.11", source_port=5060))
-    assert fake.challenges == [(DOMAIN, 0)]
+    assert fake.challenges == [(DOMAIN, QOP_AUTH)]

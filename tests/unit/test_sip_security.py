@@ -236,3 +236,25 @@ def test_counters_need_an_initval_or_kamailio_never_creates_them(redis_server: F
     broken = EdgeGuard(FakeHtables(definitions, clock=lambda: redis_server.now),
                        BanList(redis_server), SECURITY)
     assert not any(broken.count_request(IP) for _ in range(10))
+
+
+def test_a_counter_past_its_window_but_not_yet_purged_starts_a_new_window(
+    guard: EdgeGuard, tables: FakeHtables, redis_server: FakeRedis
+) -> None:
+    # Kamailio 5.6 restarts such a counter at 1 and leaves its expiry in the past; without
+    # a fresh expiry every request would count 1 until htable's timer purged it.
+    guard.count_request(IP)
+    redis_server.advance(11)  # the window (10 s) has passed; the timer has not run
+    assert [guard.count_request(IP) for _ in range(3)] == [False, False, False]
+    assert guard.count_request(IP) is True
+    assert guard.is_banned(IP)
+
+
+def test_a_purged_counter_starts_again_too(
+    guard: EdgeGuard, tables: FakeHtables, redis_server: FakeRedis
+) -> None:
+    guard.count_auth_failure(IP)
+    redis_server.advance(61)
+    tables.purge()
+    assert [guard.count_auth_failure(IP) for _ in range(2)] == [False, False]
+    assert guard.count_auth_failure(IP) is True

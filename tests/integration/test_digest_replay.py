@@ -1,0 +1,110 @@
+"""Digest replay: Kamailio challenges with qop=auth and remembers each nonce's count
+(auth module nonce_count), so an authenticated REGISTER sent again as it was is refused,
+while the phone's next request on the same nonce (a higher nc) is accepted.
+
+SIPp cannot resend a request byte for byte, so this test speaks raw SIP over UDP."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import socket
+import time
+
+import pytest
+
+from .conftest import DOMAIN, RunningStack
+
+pytestmark = pytest.mark.integration
+
+SOURCE_IP = "127.0.0.31"
+EXTENSION = "1002"
+PASSWORD = "it-pass-1002"
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 (RFC 2617's digest)
+
+
+class RawPhone:
+    """Just enough of a SIP phone to register with digest credentials."""
+
+    def __init__(self, stack: RunningStack):
+        self.server = ("127.0.0.1", stack.config.services.kamailio.port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((SOURCE_IP, 0))
+        self.sock.settimeout(3)
+        self.local = self.sock.getsockname()
+        self.call_id = f"{secrets.token_hex(8)}@replay-test"
+        self.cseq = 0
+
+    def register(self, expires: int = 60, authorization: str = "") -> str:
+        self.cseq += 1
+        host, port = self.local
+        message = (
+            f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:{EXTENSION}@{DOMAIN}>;tag={secrets.token_hex(4)}\r\n"
+            f"To: <sip:{EXTENSION}@{DOMAIN}>\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {self.cseq} REGISTER\r\n"
+            f"Contact: <sip:{EXTENSION}@{host}:{port}>\r\nExpires: {expires}\r\n"
+            + (f"Authorization: {authorization}\r\n" if authorization else "")
+            + "User-Agent: omnicc-replay-test\r\nContent-Length: 0\r\n\r\n"
+        )
+        return self.send(message)
+
+    def send(self, message: str) -> str:
+        self.sock.sendto(message.encode(), self.server)
+        self.last_sent = message
+        while True:
+            data = self.sock.recv(65535).decode(errors="replace")
+            if not data.startswith("SIP/2.0 1"):  # skip provisional replies
+                return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def status(reply: str) -> int:
+    return int(reply.split(" ", 2)[1])
+
+
+def digest_authorization(challenge_reply: str, nc: int, cnonce: str) -> str:
+    header = next(line for line in challenge_reply.split("\r\n")
+                  if line.lower().startswith("www-authenticate: digest"))
+    params = dict(re.findall(r'(\w+)="?([^",]+)"?', header.split(" ", 2)[2]))
+    assert "auth" in params.get("qop", "").split(","), header
+    realm, nonce = params["realm"], params["nonce"]
+    uri = f"sip:{DOMAIN}"
+    nc_text = f"{nc:08x}"
+    ha1 = md5(f"{EXTENSION}:{realm}:{PASSWORD}")
+    ha2 = md5(f"REGISTER:{uri}")
+    response = md5(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+    return (f'Digest username="{EXTENSION}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm=MD5, qop=auth, nc={nc_text}, '
+            f'cnonce="{cnonce}"')
+
+
+def test_a_replayed_digest_register_is_refused(running_stack: RunningStack) -> None:
+    phone = RawPhone(running_stack)
+    try:
+        challenge = phone.register()
+        assert status(challenge) == 401, challenge
+        cnonce = secrets.token_hex(8)
+        assert status(phone.register(authorization=digest_authorization(challenge, 1, cnonce))) \
+            == 200
+        # The same request again, as an eavesdropper would resend it (a new transaction,
+        # the same credentials): refused.
+        replay = phone.last_sent.replace(";branch=z9hG4bK", ";branch=z9hG4bKreplay", 1)
+        replayed = phone.send(replay)
+        assert status(replayed) == 401, replayed
+        # The phone itself goes on with the same nonce and the next count: accepted.
+        time.sleep(0.1)
+        assert status(phone.register(authorization=digest_authorization(challenge, 2, cnonce))) \
+            == 200
+        assert status(phone.register(
+            expires=0, authorization=digest_authorization(challenge, 3, cnonce))) == 200
+    finally:
+        phone.close()
