@@ -3,7 +3,8 @@
     python -m agi.app --config omnicc.yaml --redis redis://127.0.0.1:16379/0 [--acd-tick 1]
 
 Besides the sessions it runs the ACD's clock (agi/acd_tick.py): every --acd-tick seconds
-the tick script for each tenant, so wrap-ups and leases end on time when nothing else runs.
+the tick script for each tenant, so wrap-ups and leases end on time when nothing else runs;
+and it renews the leases of the connected calls its node holds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import sys
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from agi.acd_tick import DEFAULT_TICK_SECONDS, AcdTicker
+from agi.acd_tick import (
+    DEFAULT_TICK_SECONDS,
+    AcdTicker,
+    ConnectedCallRenewer,
+    renewal_interval,
+)
 from agi.handlers.agent_call import AgentCall
 from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
@@ -84,10 +90,13 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
     acd = AcdStore(client, config.node)
     log = logging.getLogger("omnicc.agi")
     syncing = asyncio.create_task(push_queues(acd, client, config, log))
-    ticking = None
+    tenants = [t.name for t in config.tenants]
+    # This node vouches for the connected calls it holds, whether or not it ticks.
+    renewer = ConnectedCallRenewer(acd, tenants, renewal_interval(
+        [q.call_lease_seconds for t in config.tenants for q in t.queues]))
+    periodic = [asyncio.create_task(renewer.run())]
     if tick_seconds > 0:
-        ticker = AcdTicker(acd, [t.name for t in config.tenants], tick_seconds)
-        ticking = asyncio.create_task(ticker.run())
+        periodic.append(asyncio.create_task(AcdTicker(acd, tenants, tick_seconds).run()))
     server = FastAGIServer(build_routes(config, events, acd), host=host, port=port)
     await server.start()
     log.info("FastAGI server listening on %s:%d", host, server.port)
@@ -100,8 +109,8 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
     await server.close()
     serving.cancel()
     syncing.cancel()
-    if ticking is not None:
-        ticking.cancel()
+    for task in periodic:
+        task.cancel()
     await acd.close()
     await client.aclose()
 

@@ -600,8 +600,16 @@ class AcdStore:
 
     async def tick(self, tenant: str) -> AcdResult:
         """Settles what is due (expired leases, wrap-ups over). Every script does so first;
-        a periodic tick only matters when no other operation runs."""
+        a periodic tick only matters when no other operation runs. extra: how many of each
+        were settled (calls_failed_over, connected_calls_ended, reservations_expired,
+        wrapups_ended)."""
         return await self._run("tick", tenant)
+
+    async def renew_connected_calls(self, tenant: str) -> AcdResult:
+        """This node vouches for the CONNECTED calls it holds: their leases start again
+        (extra["renewed"]: how many). A node's FastAGI server runs it every third of the
+        shortest call lease; when the node dies its calls end at their lease's end."""
+        return await self._run("renew_connected_calls", tenant)
 
     async def wait_for_offer(self, tenant: str, call: str, timeout: float) -> list[Offer]:
         """The call's reservations, as soon as it has any; [] after `timeout` seconds or when

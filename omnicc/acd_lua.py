@@ -59,10 +59,18 @@ The model (keys in omnicc/keys.py):
   renews it, the call is FAILED_OVER with reason ``call_lease_expired``: no live session
   holds its caller any more, and the dialplan of a caller still connected has taken the
   failover path when its AGI failed.
+- A CONNECTED call has a lease too (the queue's ``call_lease_ms``), renewed by its node as
+  a whole: ``renew_connected_calls`` run by that node's FastAGI server (agi/acd_tick.py)
+  starts again the leases of every call in ``{t:T}:node:<node>:connected``. When the node
+  dies, its calls' leases run out and each call ends (``call_ended`` reason
+  ``lease_expired``; its agent goes into wrap-up, then READY), instead of keeping its agent
+  ONCALL for ever. The lease vouches for the node, not for each call: a call Asterisk lost
+  while its FastAGI server lives is not noticed (docs/acd.md).
 - Time-driven changes are lazy and exact: every script first settles what is due
-  (expired call leases, expired reservations, wrap-ups over), in that order, at most 100 of
-  each; the events carry the time each change took effect (lease end, wrap-up end), not
-  when it was noticed. ``tick`` only settles, for when nothing else runs.
+  (expired call leases — waiting, then connected —, expired reservations, wrap-ups over),
+  in that order, at most 100 of each; the events carry the time each change took effect
+  (lease end, wrap-up end), not when it was noticed. ``tick`` only settles, for when
+  nothing else runs.
 - Each reservation PUBLISHes ``<call> <agent,agent...> <queue> <lease_until>`` on
   ``{t:T}:node:<call's node>:offers``: one pattern subscription per FastAGI server wakes
   the session waiting for that call (omnicc.acd.AcdStore.wait_for_offer), which reads the
@@ -84,7 +92,7 @@ step, ``call_node`` the node holding the caller.
       agent_paused|agent_logout|unregistered|caller_abandoned|call_failed_over|
       answered_elsewhere), agent_state
     call_requeued: call, queue, call_node
-    call_ended: + agent, talk_ms, reason (who hung up, or agent_forced_logout),
+    call_ended: + agent, talk_ms, reason (who hung up, agent_forced_logout, lease_expired),
       outcome=answered, agent_state, wrapup_until
     call_abandoned, call_failed_over: call, queue, caller, did, call_node, reason, wait_ms,
       outcome (abandoned|failed_over)
@@ -150,11 +158,13 @@ _KEY_FUNCTIONS: list[tuple[str, Callable[..., str], tuple[str, ...]]] = [
     ("k_call", keys.acd_call, ("id",)),
     ("k_ringing", keys.call_ringing, ("id",)),
     ("k_offers", keys.node_offers, ("node",)),
+    ("k_node_connected", keys.node_connected, ("node",)),
     ("K_AGENTS", keys.tenant_agents, ()),
     ("K_QUEUES", keys.tenant_queues, ()),
     ("K_RESERVATION_LEASES", keys.reservation_leases, ()),
     ("K_WRAPUP_ENDS", keys.wrapup_ends, ()),
     ("K_CALL_LEASES", keys.call_leases, ()),
+    ("K_CONNECTED_LEASES", keys.connected_leases, ()),
 ]
 
 _MARK = re.compile(r"\x00(\w+)\x00")
@@ -519,16 +529,55 @@ local function end_wrapup(ext, at)
   become(ext, 'WRAPUP', target, at)
 end
 
+-- A CONNECTED call ends: hung up (`reason` says who), its lease ran out (its node died), or
+-- its agent was logged out by force (`logout`: the caller moves the agent OFFLINE). Else the
+-- agent goes into the wrap-up of the call's queue, or its own wrap-up time.
+local function end_connected(id, reason, at, logout)
+  local call = call_fields(id)
+  local ext, q = call.agent, call.queue
+  local talk_ms = at - tonumber(call.answered_at)
+  redis.call('HSET', k_call(id), 'state', 'ENDED', 'ended_at', int(at), 'reason', reason)
+  redis.call('EXPIRE', k_call(id), CALL_RETENTION_SECONDS)
+  redis.call('ZREM', K_CONNECTED_LEASES, id)
+  redis.call('SREM', k_node_connected(call.node), id)
+  redis.call('HINCRBY', k_stats(q), 'calls_ended', 1)
+  redis.call('HINCRBY', k_stats(q), 'talk_ms_total', int(talk_ms))
+  if logout then
+    emit('call_ended', at, 'call', id, 'queue', q, 'agent', ext, 'caller', call.caller,
+      'did', call.did, 'call_node', call.node, 'talk_ms', int(talk_ms), 'reason', reason,
+      'outcome', 'answered', 'agent_state', 'OFFLINE')
+    return
+  end
+  -- The wrap-up of the call's own queue, whichever queue the agent took it from.
+  local wrapup_ms = tonumber(redis.call('HGET', k_agent(ext), 'wrapup_ms') or '')
+    or queue_cfg(q).wrapup_ms
+  local wrapup_until = at + wrapup_ms
+  redis.call('HSET', k_agent(ext), 'last_ended', int(at), 'wrapup_until', int(wrapup_until))
+  emit('call_ended', at, 'call', id, 'queue', q, 'agent', ext, 'caller', call.caller,
+    'did', call.did, 'call_node', call.node, 'talk_ms', int(talk_ms), 'reason', reason,
+    'outcome', 'answered', 'agent_state', 'WRAPUP', 'wrapup_until', int(wrapup_until))
+  become(ext, 'ONCALL', 'WRAPUP', at)
+  redis.call('ZADD', K_WRAPUP_ENDS, int(wrapup_until), ext)
+  if wrapup_ms <= 0 then end_wrapup(ext, at) end
+end
+
 -- What is due, in the order that keeps dead callers from being offered: calls whose holder
--- stopped renewing, then reservations whose lease ran out, then wrap-ups that are over.
+-- stopped renewing (waiting, then connected ones), then reservations whose lease ran out,
+-- then wrap-ups that are over.
 local function settle()
-  local done = {0, 0, 0}
+  local done = {0, 0, 0, 0}
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_CALL_LEASES, '-inf', '(' .. int(NOW),
       'LIMIT', 0, SETTLE_BATCH)) do
     local lease_until = tonumber(redis.call('HGET', k_call(id), 'lease_until'))
     finish_unanswered(id, 'FAILED_OVER', 'call_failed_over', 'call_lease_expired',
       'call_failed_over', lease_until)
     done[1] = done[1] + 1
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_CONNECTED_LEASES, '-inf',
+      '(' .. int(NOW), 'LIMIT', 0, SETTLE_BATCH)) do
+    local lease_until = tonumber(redis.call('ZSCORE', K_CONNECTED_LEASES, id))
+    end_connected(id, 'lease_expired', lease_until, false)
+    done[4] = done[4] + 1
   end
   for _, ext in ipairs(redis.call('ZRANGEBYSCORE', K_RESERVATION_LEASES, '-inf',
       '(' .. int(NOW), 'LIMIT', 0, SETTLE_BATCH)) do
@@ -657,16 +706,7 @@ local reason = force and 'forced' or 'requested'
 if state == 'RESERVED' then
   let_go(ext, agent.call, 'agent_logout', event, false, NOW)
 elseif state == 'ONCALL' then
-  local call = call_fields(agent.call)
-  redis.call('HSET', k_call(agent.call), 'state', 'ENDED', 'ended_at', int(NOW),
-    'reason', 'agent_forced_logout')
-  redis.call('EXPIRE', k_call(agent.call), CALL_RETENTION_SECONDS)
-  local talk_ms = NOW - tonumber(call.answered_at)
-  redis.call('HINCRBY', k_stats(call.queue), 'calls_ended', 1)
-  redis.call('HINCRBY', k_stats(call.queue), 'talk_ms_total', int(talk_ms))
-  emit('call_ended', NOW, 'call', agent.call, 'queue', call.queue, 'agent', ext,
-    'caller', call.caller, 'did', call.did, 'call_node', call.node, 'talk_ms', int(talk_ms),
-    'reason', 'agent_forced_logout', 'outcome', 'answered', 'agent_state', 'OFFLINE')
+  end_connected(agent.call, 'agent_forced_logout', NOW, true)
   become(ext, state, new, NOW)
 else
   become(ext, state, new, NOW)
@@ -793,7 +833,12 @@ redis.call('SREM', k_ringing(id), ext)
 local others = redis.call('SMEMBERS', k_ringing(id))
 redis.call('DEL', k_ringing(id))
 local wait_ms = NOW - tonumber(call.enqueued_at)
-redis.call('HSET', k_call(id), 'state', 'CONNECTED', 'agent', ext, 'answered_at', int(NOW))
+-- From now on the call's lease is renewed by its node as a whole (renew_connected_calls).
+local lease_until = NOW + cfg.call_lease_ms
+redis.call('HSET', k_call(id), 'state', 'CONNECTED', 'agent', ext, 'answered_at', int(NOW),
+  'lease_until', int(lease_until))
+redis.call('ZADD', K_CONNECTED_LEASES, int(lease_until), id)
+redis.call('SADD', k_node_connected(call.node), id)
 redis.call('HINCRBY', k_stats(q), 'calls_answered', 1)
 redis.call('HINCRBY', k_stats(q), 'wait_ms_answered_total', int(wait_ms))
 count_within_service_level(q, 'calls_answered', wait_ms)
@@ -837,23 +882,7 @@ local call = call_fields(id)
 if call.state == nil then return result('unknown_call', '') end
 local _, refusal = call_step(call.state, 'hangup')
 if refusal ~= '' then return result(refusal, call.state) end
-local ext, q = call.agent, call.queue
--- The wrap-up of the call's own queue, whichever queue the agent took it from.
-local wrapup_ms = tonumber(redis.call('HGET', k_agent(ext), 'wrapup_ms') or '')
-  or queue_cfg(q).wrapup_ms
-local wrapup_until = NOW + wrapup_ms
-local talk_ms = NOW - tonumber(call.answered_at)
-redis.call('HSET', k_call(id), 'state', 'ENDED', 'ended_at', int(NOW), 'reason', reason)
-redis.call('EXPIRE', k_call(id), CALL_RETENTION_SECONDS)
-redis.call('HINCRBY', k_stats(q), 'calls_ended', 1)
-redis.call('HINCRBY', k_stats(q), 'talk_ms_total', int(talk_ms))
-redis.call('HSET', k_agent(ext), 'last_ended', int(NOW), 'wrapup_until', int(wrapup_until))
-emit('call_ended', NOW, 'call', id, 'queue', q, 'agent', ext, 'caller', call.caller,
-  'did', call.did, 'call_node', call.node, 'talk_ms', int(talk_ms), 'reason', reason,
-  'outcome', 'answered', 'agent_state', 'WRAPUP', 'wrapup_until', int(wrapup_until))
-become(ext, 'ONCALL', 'WRAPUP', NOW)
-redis.call('ZADD', K_WRAPUP_ENDS, int(wrapup_until), ext)
-if wrapup_ms <= 0 then end_wrapup(ext, NOW) end
+end_connected(id, reason, NOW, false)
 return result('ok', 'ENDED')
 """)
 
@@ -919,7 +948,21 @@ return result('ok', call.state)
 TICK = _script(r"""
 local done = settle()
 return result('ok', '', {'calls_failed_over', int(done[1]),
-  'reservations_expired', int(done[2]), 'wrapups_ended', int(done[3])})
+  'reservations_expired', int(done[2]), 'wrapups_ended', int(done[3]),
+  'connected_calls_ended', int(done[4])})
+""")
+
+# The node running it vouches for the CONNECTED calls it holds: their leases start again.
+RENEW_CONNECTED_CALLS = _script(r"""
+settle()
+local renewed = 0
+for _, id in ipairs(redis.call('SMEMBERS', k_node_connected(NODE))) do
+  local lease_until = NOW + queue_cfg(redis.call('HGET', k_call(id), 'queue')).call_lease_ms
+  redis.call('HSET', k_call(id), 'lease_until', int(lease_until))
+  redis.call('ZADD', K_CONNECTED_LEASES, int(lease_until), id)
+  renewed = renewed + 1
+end
+return result('ok', '', {'renewed', int(renewed)})
 """)
 
 SCRIPTS: dict[str, str] = {
@@ -940,4 +983,5 @@ SCRIPTS: dict[str, str] = {
     "renew_call_lease": RENEW_CALL_LEASE,
     "adopt": ADOPT,
     "tick": TICK,
+    "renew_connected_calls": RENEW_CONNECTED_CALLS,
 }

@@ -8,6 +8,7 @@ Agent states (as OpenSIPS call_center and OMniLeads name them)::
 
     OFFLINE --login--> READY <--pause/unpause--> PAUSED(reason)
     READY --reserve--> RESERVED (ringing) --answer--> ONCALL --hangup--> WRAPUP
+      (hangup also when the connected call's lease ran out: its node died)
     WRAPUP --wrapup_end (at wrapup_until)--> READY
     RESERVED --no_answer (no answer, reject, busy)--> READY, or PAUSED when auto-pause is asked
     RESERVED --release (lease ran out, caller gone, another agent answered)--> READY

@@ -124,6 +124,17 @@ def call_leases(tenant: str) -> str:
     return f"{tenant_tag(tenant)}:call_leases"
 
 
+def connected_leases(tenant: str) -> str:
+    """Sorted set call id -> the end of its lease (ms), for CONNECTED calls: renewed by the
+    node holding the call; when it runs out the call ends (its node died)."""
+    return f"{tenant_tag(tenant)}:connected_leases"
+
+
+def node_connected(tenant: str, node: str) -> str:
+    """Set of the CONNECTED calls held by `node`, whose leases that node renews."""
+    return f"{tenant_tag(tenant)}:node:{node}:connected"
+
+
 def node_offers(tenant: str, node: str) -> str:
     """Pub/sub channel: each reservation of a call held by `node` is published here."""
     return f"{tenant_tag(tenant)}:node:{node}:offers"

@@ -158,6 +158,11 @@ def redis_problems(client: redis.Redis, tenant: str) -> list[str]:
     pipe.zrange(keys.reservation_leases(tenant), 0, -1, withscores=True)
     pipe.zrange(keys.wrapup_ends(tenant), 0, -1, withscores=True)
     pipe.zrange(keys.call_leases(tenant), 0, -1, withscores=True)
+    pipe.zrange(keys.connected_leases(tenant), 0, -1, withscores=True)
+    node_keys = sorted(_s(k) for k in client.scan_iter(
+        match=keys.node_connected(tenant, "*"), count=1000))
+    for key in node_keys:
+        pipe.smembers(key)
     call_keys = [_s(k) for k in client.scan_iter(match=keys.acd_call(tenant, "*"), count=1000)]
     # A call id has no ':' (omnicc.acd.CALL_ID_RE); "<id>:ringing" is its ringing set.
     call_ids = sorted(rest for rest in (k.split(":call:", 1)[1] for k in call_keys)
@@ -194,6 +199,11 @@ def redis_problems(client: redis.Redis, tenant: str) -> list[str]:
     reservation_leases = {_s(m): int(s) for m, s in next(raw)}
     wrapup_ends = {_s(m): int(s) for m, s in next(raw)}
     call_leases = {_s(m): int(s) for m, s in next(raw)}
+    connected_leases = {_s(m): int(s) for m, s in next(raw)}
+    held_by_node: dict[str, set[str]] = {}  # node -> its CONNECTED calls
+    for key in node_keys:
+        node = key.split(":node:", 1)[1].removesuffix(":connected")
+        held_by_node[node] = {_s(c) for c in next(raw)}
     call: dict[str, dict[str, str]] = {}
     ringing: dict[str, set[str]] = {}
     for c in call_ids:
@@ -266,11 +276,23 @@ def redis_problems(client: redis.Redis, tenant: str) -> list[str]:
         elif state == CallState.CONNECTED:
             if holders != [cf.get("agent")] or state_of(cf.get("agent", "")) != "ONCALL":
                 problems.append(f"call {c} CONNECTED to {cf.get('agent')}, held by {holders}")
+            if connected_leases.get(c) != int(cf.get("lease_until", -1)):
+                problems.append(f"call {c} CONNECTED: lease index out of step")
+            if c not in held_by_node.get(cf.get("node", ""), set()):
+                problems.append(f"call {c} CONNECTED: not among node {cf.get('node')}'s calls")
         elif state in FINAL:
             if holders or ringing[c]:
                 problems.append(f"call {c} {state} still held by {holders} / {ringing[c]}")
         else:
             problems.append(f"call {c} in unknown state {state!r}")
+    for c in connected_leases:
+        if call.get(c, {}).get("state") != CallState.CONNECTED:
+            problems.append(f"call {c} has a connected lease but is not CONNECTED")
+    for node, held in held_by_node.items():
+        for c in held:
+            if call.get(c, {}).get("state") != CallState.CONNECTED \
+                    or call[c].get("node") != node:
+                problems.append(f"node {node} holds call {c}, which is not its CONNECTED call")
     for held, holders in pointing_at.items():
         if held not in call:
             problems.append(f"agents {holders} point at a call that does not exist: {held}")

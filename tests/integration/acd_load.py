@@ -90,12 +90,15 @@ class Tally:
     no_answers: int = 0
     leases_left_to_expire: int = 0
     sessions_died: int = 0
+    nodes_died_on_call: int = 0  # connected calls whose node stopped vouching mid-talk
+    talks_outlived_lease: int = 0  # the hangup came after the lease ran out (a stall)
     agent_actions: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Tally) -> None:
         for name in ("enqueued", "overflowed", "answered", "answer_refused", "ringall_races",
                      "ringall_double_wins", "hangups", "abandoned", "failed_over",
-                     "no_answers", "leases_left_to_expire", "sessions_died"):
+                     "no_answers", "leases_left_to_expire", "sessions_died",
+                     "nodes_died_on_call", "talks_outlived_lease"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.agent_actions.update(other.agent_actions)
 
@@ -128,8 +131,10 @@ async def _agent(store: AcdStore, ext: str, deadline: float, rng: random.Random,
 
 
 async def _ring(store: AcdStore, call: str, offers: list[Offer], rng: random.Random,
-                tally: Tally) -> str:
-    """The dialplan dials the reserved agents; returns "answered", "gone" or "waiting"."""
+                tally: Tally, mortal: bool = False) -> str:
+    """The dialplan dials the reserved agents; returns "answered", "gone" or "waiting".
+    `mortal`: the call is held by a node that nobody renews connected calls for; it may
+    die in the middle of a talk."""
     await asyncio.sleep(rng.uniform(0, 0.15))
     roll = rng.random()
     if roll < 0.75:
@@ -143,9 +148,20 @@ async def _ring(store: AcdStore, call: str, offers: list[Offer], rng: random.Ran
         tally.answer_refused += len(answers) - wins
         if wins:
             tally.answered += wins
+            if mortal and rng.random() < 0.3:
+                # The node dies during the talk: nobody hangs up or renews; the call's
+                # lease runs out and a tick ends it.
+                tally.nodes_died_on_call += 1
+                return "gone"
             await asyncio.sleep(rng.uniform(0.02, 0.3))  # talk
-            assert (await store.hangup(TENANT, call, rng.choice(["caller", "agent"]))).ok
-            tally.hangups += 1
+            ended = await store.hangup(TENANT, call, rng.choice(["caller", "agent"]))
+            if ended.ok:
+                tally.hangups += 1
+            else:
+                # The process stalled past the lease (a loaded machine): to the ACD its
+                # node was dead, and the call ended by its lease.
+                assert ended.code == Refusal.CALL_OVER, ended
+                tally.talks_outlived_lease += 1
             return "answered"
         return "waiting"
     if roll < 0.78:
@@ -176,12 +192,16 @@ async def _ring(store: AcdStore, call: str, offers: list[Offer], rng: random.Ran
     return "waiting"
 
 
-async def _caller(store: AcdStore, name: str, deadline: float, rng: random.Random,
-                  tally: Tally) -> None:
+async def _caller(main_store: AcdStore, mortal_store: AcdStore, name: str, deadline: float,
+                  rng: random.Random, tally: Tally) -> None:
     number = 0
     while time.monotonic() < deadline:
         call = f"{name}-{number}"
         number += 1
+        # Most calls are held by the process's node, whose ticker renews its connected
+        # calls; some by a node nobody renews connected calls for (it may die mid-talk).
+        mortal = rng.random() < 0.15
+        store = mortal_store if mortal else main_store
         result = await store.enqueue(TENANT, call, rng.choice(QUEUE_NAMES),
                                      caller=f"+3460{rng.randrange(10**6):06d}", did="900100",
                                      priority=rng.choice([0, 0, 0, 1, 2]))
@@ -197,7 +217,7 @@ async def _caller(store: AcdStore, name: str, deadline: float, rng: random.Rando
         offers = list(result.offers)
         while True:
             if offers:
-                outcome = await _ring(store, call, offers, rng, tally)
+                outcome = await _ring(store, call, offers, rng, tally, mortal)
                 if outcome != "waiting":
                     break
             renewed = await store.renew_call_lease(TENANT, call)
@@ -218,8 +238,10 @@ async def _caller(store: AcdStore, name: str, deadline: float, rng: random.Rando
 
 
 async def _ticker(store: AcdStore, stop: asyncio.Event) -> None:
+    """What the process's FastAGI server does: tick, and renew its connected calls."""
     while not stop.is_set():
         await store.tick(TENANT)
+        await store.renew_connected_calls(TENANT)
         await asyncio.sleep(0.2)
 
 
@@ -229,6 +251,7 @@ async def _process_main(url: str, process: int, agents: int, callers: int,
                                                     decode_responses=True)
     client = aioredis.Redis.from_pool(pool)
     store = AcdStore(client, node_name(process))
+    mortal = AcdStore(client, node_name(process) + "-mortal")
     rng = random.Random(seed)
     tally = Tally()
     deadline = time.monotonic() + seconds
@@ -238,13 +261,14 @@ async def _process_main(url: str, process: int, agents: int, callers: int,
         await asyncio.gather(
             *(_agent(store, extension(process, i), deadline, random.Random(rng.random()), tally)
               for i in range(agents)),
-            *(_caller(store, f"p{process}c{i}", deadline, random.Random(rng.random()), tally)
-              for i in range(callers)),
+            *(_caller(store, mortal, f"p{process}c{i}", deadline, random.Random(rng.random()),
+                      tally) for i in range(callers)),
         )
     finally:
         stop_ticking.set()
         await ticker
         await store.close()
+        await mortal.close()
         await client.aclose()
     return tally
 
@@ -274,7 +298,8 @@ class SoakReport:
             f"by max wait, {self.event_counts['call_failed_over'] - t.failed_over} by lease, "
             f"{t.overflowed} overflowed; {self.event_counts['call_reserved']} reservations, "
             f"{t.no_answers} no-answers, {t.leases_left_to_expire} leases left to expire, "
-            f"{t.sessions_died} sessions died, "
+            f"{t.sessions_died} sessions died, {t.nodes_died_on_call} nodes died on a call "
+            f"({t.talks_outlived_lease} talks outlived their lease), "
             f"{t.answer_refused} answers refused, {t.ringall_races} ringall races "
             f"({t.ringall_double_wins} double wins); agents: {dict(t.agent_actions)}; "
             f"{self.events} events; problems: {len(self.problems)}"
@@ -337,7 +362,7 @@ def check(url: str, client: redis.Redis, seconds: float, processes: int, agents:
         "call_enqueued": tally.enqueued,
         "call_overflowed": tally.overflowed,
         "call_answered": tally.answered,
-        "call_ended": tally.hangups,
+        "call_ended": tally.hangups + tally.nodes_died_on_call + tally.talks_outlived_lease,
         "call_abandoned": tally.abandoned,
     }
     for event, expected in seen.items():
@@ -348,6 +373,12 @@ def check(url: str, client: redis.Redis, seconds: float, processes: int, agents:
     if counts["call_failed_over"] != tally.failed_over + by_lease:
         problems.append(f"{counts['call_failed_over']} call_failed_over events: "
                         f"{tally.failed_over} by max wait and {by_lease} by lease expected")
+    ended_by_lease = sum(1 for e in events if e["event"] == "call_ended"
+                         and e.get("reason") == "lease_expired")
+    if ended_by_lease != tally.nodes_died_on_call + tally.talks_outlived_lease:
+        problems.append(f"{ended_by_lease} connected calls ended by lease, "
+                        f"{tally.nodes_died_on_call} nodes died on a call and "
+                        f"{tally.talks_outlived_lease} talks outlived their lease")
     if by_lease != tally.sessions_died:
         problems.append(f"{by_lease} calls failed over by lease, {tally.sessions_died} "
                         "sessions died")

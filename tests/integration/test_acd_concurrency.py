@@ -30,6 +30,6 @@ def test_four_processes_hammering_one_redis_never_double_reserve_or_lose_a_call(
     # The run did exercise what it claims to.
     tally = report.tally
     assert tally.answered > 100 * SOAK_SECONDS / 15
-    assert tally.ringall_races > 0 and tally.sessions_died > 0
+    assert tally.ringall_races > 0 and tally.sessions_died > 0 and tally.nodes_died_on_call > 0
     assert tally.abandoned > 0 and tally.no_answers > 0 and tally.leases_left_to_expire > 0
     assert report.event_counts["call_released"] > 0

@@ -129,6 +129,7 @@ class AcdMachine(RuleBasedStateMachine):
         now = self.now_ms
         return not any(self.sync.zrangebyscore(key, "-inf", bound, start=0, num=1)
                        for key, bound in ((keys.call_leases(T), f"({now}"),
+                                          (keys.connected_leases(T), f"({now}"),
                                           (keys.reservation_leases(T), f"({now}"),
                                           (keys.wrapup_ends(T), now)))
 
@@ -172,6 +173,12 @@ class AcdMachine(RuleBasedStateMachine):
             int(members[ext]), -int(skills[ext]),
             int(self.sync.hget(keys.agent_hash(T, ext), "last_ended") or 0), ext))
         return ranked[0] if ranked else None
+
+    def connected(self) -> list[str]:
+        """CONNECTED calls whose lease holds now (one that ran out is still stored until
+        the next script settles it: the call ends then)."""
+        return [c for c in self.calls_in("CONNECTED")
+                if int(self.sync.hget(keys.acd_call(T, c), "lease_until")) >= self.now_ms]
 
     def calls_in(self, *states: str) -> list[str]:
         return [c for c in self.calls
@@ -269,10 +276,10 @@ class AcdMachine(RuleBasedStateMachine):
                                                       lease_until_ms=lease))
         assert result.ok, result
 
-    @precondition(lambda self: self.calls_in("CONNECTED"))
+    @precondition(lambda self: self.connected())
     @rule(node=nodes, data=st.data(), reason=st.sampled_from(["caller", "agent"]))
     def hangup(self, node: str, data: st.DataObject, reason: str) -> None:
-        call = data.draw(st.sampled_from(self.calls_in("CONNECTED")))
+        call = data.draw(st.sampled_from(self.connected()))
         result = self.run(self.stores[node].hangup(T, call, reason))
         assert result.ok, result
 
@@ -281,7 +288,7 @@ class AcdMachine(RuleBasedStateMachine):
     def late_hangup(self, node: str, call_index: int) -> None:
         """A hangup reported twice, or for a call that never connected: refused."""
         call = self.calls[call_index % len(self.calls)]
-        connected = self.sync.hget(keys.acd_call(T, call), "state") == "CONNECTED"
+        connected = call in self.connected()
         result = self.run(self.stores[node].hangup(T, call))
         assert result.ok == connected, result
 
@@ -306,15 +313,28 @@ class AcdMachine(RuleBasedStateMachine):
     def tick(self, node: str) -> None:
         assert self.run(self.stores[node].tick(T)).ok
 
+    @rule(node=nodes)
+    def renew_connected(self, node: str) -> None:
+        """A node's FastAGI server vouches for the connected calls it holds."""
+        held = [c for c in self.connected()
+                if self.sync.hget(keys.acd_call(T, c), "node") == node]
+        predictable = self.nothing_due()
+        result = self.run(self.stores[node].renew_connected_calls(T))
+        if predictable:
+            assert result.extra["renewed"] == str(len(held)), (held, result)
+
     @rule(ms=st.sampled_from([1, 999, 999, 5_000, 5_000, 10_000, 15_001, 20_001, 30_001]),
           sessions_alive=st.sampled_from([True, True, False]))
     def time_passes(self, ms: int, sessions_alive: bool) -> None:
         """Time moves on; while their sessions live, the nodes renew their calls' leases
-        first (a session renews every third of its lease)."""
+        first (a session renews every third of its lease, a node its connected calls);
+        else connected calls may end by their lease too."""
         if sessions_alive:
             for call in self.calls_in("WAITING", "RESERVED"):
                 node = self.sync.hget(keys.acd_call(T, call), "node")
                 self.run(self.stores[node].renew_call_lease(T, call))
+            for node in NODES:
+                self.run(self.stores[node].renew_connected_calls(T))
         self.now_ms += ms
 
     # ------------------------------------------------------------ the promises

@@ -538,7 +538,9 @@ def test_hangup_starts_the_wrapup_of_the_calls_queue_or_the_agents_own(
         # A call from support: support's wrap-up, though the agent is also in sales.
         await w.acd.enqueue(T, "c1", "support")
         await w.acd.answer(T, "c1", "1001")
-        w.advance(60_000)
+        for _ in range(3):  # a long talk: its node renews the call's lease meanwhile
+            w.advance(20_000)
+            assert (await w.acd.renew_connected_calls(T)).extra["renewed"] == "1"
         assert (await w.acd.hangup(T, "c1", "agent")).ok
         status = await w.acd.agent_status(T, "1001")
         assert (status.state, status.wrapup_until_ms) == (AgentState.WRAPUP, w.now_ms + 5_000)
@@ -746,6 +748,64 @@ def test_adopt_moves_a_call_to_another_node_and_keeps_its_place(
         await w.agent("1001", "sales")
         offers = (await w.node("n3").adopt(T, "c1")).offers
         assert [(o.agent, o.node) for o in offers] == [("1001", "n3")]
+
+    run(scenario)
+
+
+def test_a_connected_call_whose_node_stops_renewing_ends_at_its_lease_end(
+        run: Callable[[Scenario], None]) -> None:
+    async def scenario(w: Acd) -> None:
+        await w.queue("sales", wrapup_ms=5_000, call_lease_ms=30_000)
+        await w.agent("1001", "sales")
+        await w.agent("1002", "sales")
+        holder, other = w.node("n1"), w.node("n2")
+        await holder.enqueue(T, "c1", "sales")
+        await holder.enqueue(T, "c2", "sales")
+        for call in ("c1", "c2"):
+            status = await holder.call_status(T, call)
+            assert status is not None
+            assert (await other.answer(T, call, status.ringing[0])).ok
+        answered_at = w.now_ms
+        assert (await holder.call_status(T, "c1")).lease_until_ms == answered_at + 30_000  # type: ignore[union-attr]
+        # Renewals by another node do not count: only the node holding the call vouches.
+        w.advance(29_000)
+        assert (await other.renew_connected_calls(T)).extra["renewed"] == "0"
+        assert (await holder.renew_connected_calls(T)).extra["renewed"] == "2"
+        await holder.hangup(T, "c2", "caller")  # c2 ends normally: no lease any more
+        lease_end = w.now_ms + 30_000
+        w.advance(29_999)
+        assert (await other.tick(T)).extra["connected_calls_ended"] == "0"
+        w.advance(2)  # the holder died: nobody renewed
+        assert (await other.tick(T)).extra["connected_calls_ended"] == "1"
+        assert await w.call_state("c1") == CallState.ENDED
+        ended = [e for e in await w.events("call_ended") if e["call"] == "c1"]
+        assert [(e["reason"], e["ts"], e["talk_ms"]) for e in ended] == [
+            ("lease_expired", f"{lease_end / 1000:.3f}", str(lease_end - answered_at))]
+        status = await w.acd.agent_status(T, ended[0]["agent"])
+        # The agent's wrap-up started when the lease ended; then it is READY.
+        assert (status.state, status.wrapup_until_ms) == (AgentState.WRAPUP, lease_end + 5_000)
+        assert (await holder.hangup(T, "c1")).code == Refusal.CALL_OVER  # a late report
+        w.advance(5_000)
+        await w.acd.tick(T)
+        assert await w.state(ended[0]["agent"]) == AgentState.READY
+        stats = await w.acd.queue_stats(T, "sales")
+        assert (stats.calls_answered, stats.calls_ended) == (2, 2)
+
+    run(scenario)
+
+
+def test_a_forced_logout_ends_the_connected_calls_lease_too(
+        run: Callable[[Scenario], None]) -> None:
+    async def scenario(w: Acd) -> None:
+        await w.queue("sales", call_lease_ms=10_000)
+        await w.agent("1001", "sales")
+        await w.acd.enqueue(T, "c1", "sales")
+        assert (await w.acd.answer(T, "c1", "1001")).ok
+        assert (await w.acd.logout(T, "1001", force=True)).state == "OFFLINE"
+        assert await w.redis.zscore(keys.connected_leases(T), "c1") is None
+        w.advance(20_000)
+        assert (await w.acd.tick(T)).extra["connected_calls_ended"] == "0"
+        assert [e["reason"] for e in await w.events("call_ended")] == ["agent_forced_logout"]
 
     run(scenario)
 

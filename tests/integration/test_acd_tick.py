@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -116,10 +116,12 @@ tenants:
     domain: {domain}
     agents:
       - {{extension: "1001", password: "it-pass-1001"}}
+      - {{extension: "1002", password: "it-pass-1002"}}
     queues:
       - name: sales
         wrapup_seconds: 1
-        members: [{{agent: "1001"}}]
+        call_lease_seconds: 3
+        members: [{{agent: "1001"}}, {{agent: "1002"}}]
 """
 
 
@@ -142,8 +144,18 @@ def fastagi_server(directory: Path, redis_url: str) -> Iterator[subprocess.Popen
         log.close()
 
 
-def test_fastagi_servers_end_a_wrapup_and_match_the_waiting_call_with_nothing_else_running(
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_fastagi_servers_run_the_acd_clock_and_vouch_for_their_connected_calls(
         acd_redis: RedisServer) -> None:  # noqa: F811
+    """Two servers: with nothing else running, a wrap-up ends and its agent takes the
+    waiting call. A call connected through server A outlives its lease while A renews it;
+    after `kill -9` of A it ends when the lease runs out, by B's tick."""
     sync = acd_redis.client()
     sync.flushdb()
     directories = [make_stack_dir(f"omnicc-acd-tick-{n}-") for n in ("a", "b")]
@@ -152,12 +164,8 @@ def test_fastagi_servers_end_a_wrapup_and_match_the_waiting_call_with_nothing_el
             write_config(directory, name, SERVER_TEMPLATE, redis=acd_redis.port)
         with fastagi_server(directories[0], acd_redis.url) as first, \
                 fastagi_server(directories[1], acd_redis.url) as second:
-            deadline = time.monotonic() + 30
-            while not sync.hexists(keys.queue_members(T, "sales"), "1001"):
-                assert first.poll() is None and second.poll() is None, \
-                    (directories[0] / "agi.log").read_text()
-                assert time.monotonic() < deadline, "the servers did not push the queue"
-                time.sleep(0.1)
+            wait_for(lambda: sync.hexists(keys.queue_members(T, "sales"), "1002"), 30,
+                     "the servers did not push the queue")
 
             async def call_then_wait() -> None:
                 client = aioredis.Redis.from_url(acd_redis.url, decode_responses=True)
@@ -173,14 +181,39 @@ def test_fastagi_servers_end_a_wrapup_and_match_the_waiting_call_with_nothing_el
 
             asyncio.run(call_then_wait())
             # No further ACD operation from here: only the servers' ticks.
-            deadline = time.monotonic() + 15
-            while sync.hget(keys.acd_call(T, "c2"), "state") != "RESERVED":
-                assert time.monotonic() < deadline, "the wrap-up never ended by itself"
-                time.sleep(0.05)
+            wait_for(lambda: sync.hget(keys.acd_call(T, "c2"), "state") == "RESERVED", 15,
+                     "the wrap-up never ended by itself")
+
+            async def connect_through_server_a() -> None:
+                # As server A's queue_call would: the call is held by node it-tick-a.
+                client = aioredis.Redis.from_url(acd_redis.url, decode_responses=True)
+                acd = AcdStore(client, "it-tick-a")
+                await acd.register(T, "1002", "sip:1002@127.0.0.1", 600)
+                assert (await acd.login(T, "1002")).ok
+                [offer] = (await acd.enqueue(T, "c3", "sales")).offers
+                assert (await acd.answer(T, "c3", offer.agent)).ok
+                await acd.close()
+                await client.aclose()
+
+            asyncio.run(connect_through_server_a())
+            answered_lease = int(sync.hget(keys.acd_call(T, "c3"), "lease_until"))
+            # Server A renews c3's 3 s lease every second: it outlives its first lease.
+            wait_for(lambda: int(sync.hget(keys.acd_call(T, "c3"), "lease_until"))
+                     > answered_lease + 3_000, 15, "server A did not renew its call")
+            assert sync.hget(keys.acd_call(T, "c3"), "state") == "CONNECTED"
+            first.kill()  # kill -9: nobody vouches for c3 any more
+            first.wait()
+            wait_for(lambda: sync.hget(keys.acd_call(T, "c3"), "state") == "ENDED", 15,
+                     "the call of the dead node never ended")
+            assert second.poll() is None
         events = read_all_events(sync, T)
-        [done] = [e for e in events if e["event"] == "agent_wrapup_done"]
+        [c3_ended] = [e for e in events if e["event"] == "call_ended" and e["call"] == "c3"]
+        assert (c3_ended["reason"], c3_ended["node"], c3_ended["agent_state"]) == (
+            "lease_expired", "it-tick-b", "WRAPUP")
+        done = next(e for e in events
+                    if e["event"] == "agent_wrapup_done" and e["agent"] == "1001")
         assert done["node"] in ("it-tick-a", "it-tick-b")
-        [_, reserved] = [e for e in events if e["event"] == "call_reserved"]
+        [reserved] = [e for e in events if e["event"] == "call_reserved" and e["call"] == "c2"]
         assert (reserved["call"], reserved["agent"]) == ("c2", "1001")
         # The wrap-up's end carries the time it was due; the reservation, when a tick
         # noticed it (at most about one --acd-tick later: not asserted, the machine is

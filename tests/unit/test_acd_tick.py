@@ -10,7 +10,14 @@ import logging
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from agi.acd_tick import MAX_ROUNDS, AcdTicker, batch_was_full, settled_count
+from agi.acd_tick import (
+    MAX_ROUNDS,
+    AcdTicker,
+    ConnectedCallRenewer,
+    batch_was_full,
+    renewal_interval,
+    settled_count,
+)
 from omnicc.acd import AcdResult
 from omnicc.acd_lua import SETTLE_BATCH
 
@@ -37,6 +44,7 @@ class FakeStore:
 
 def test_counts_and_full_batches() -> None:
     assert settled_count(tick_result(1, 2, 3)) == 6
+    assert settled_count(AcdResult("ok", "", extra={"connected_calls_ended": "4"})) == 4
     assert not batch_was_full(tick_result(SETTLE_BATCH - 1, 0, 0))
     assert batch_was_full(tick_result(0, 0, SETTLE_BATCH))
 
@@ -124,3 +132,49 @@ def test_a_cancellation_swallowed_by_the_redis_client_still_stops_the_ticker() -
         assert task in done and task.cancelled()
 
     asyncio.run(scenario())
+
+
+class RenewingStore:
+    def __init__(self, renewed: dict[str, int], failures: int = 0) -> None:
+        self.renewed = renewed
+        self.failures = failures
+        self.calls: list[str] = []
+
+    async def renew_connected_calls(self, tenant: str) -> AcdResult:
+        self.calls.append(tenant)
+        if self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("connection refused")
+        return AcdResult("ok", "", extra={"renewed": str(self.renewed.get(tenant, 0))})
+
+
+def test_the_renewer_renews_every_tenants_connected_calls() -> None:
+    store = RenewingStore({"acme": 3, "globex": 1})
+    renewer = ConnectedCallRenewer(store, ["acme", "globex"], 10)
+    assert asyncio.run(renewer.renew_all()) == 4
+    assert store.calls == ["acme", "globex"]
+
+
+def test_the_renewer_rides_out_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    store = RenewingStore({"acme": 1}, failures=2)
+    renewer = ConnectedCallRenewer(store, ["acme"], 0.01)
+
+    async def run_a_while() -> None:
+        task = asyncio.create_task(renewer.run())
+        while len(store.calls) < 4:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.INFO, logger="omnicc.agi.acd_tick"):
+        asyncio.run(run_a_while())
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("renewal of connected calls failed" in m for m in messages) == 1
+    assert sum("works again" in m for m in messages) == 1
+
+
+def test_renewals_come_every_third_of_the_shortest_call_lease() -> None:
+    assert renewal_interval([30, 9, 60]) == 3
+    assert renewal_interval([]) == 10  # no queues: a third of the default lease
+    with pytest.raises(ValueError, match="interval"):
+        ConnectedCallRenewer(RenewingStore({}), ["acme"], 0)
