@@ -160,6 +160,7 @@ def test_queue_stats_table_and_json(cli_dir: Path, acd_state: None) -> None:
 
 
 def test_queue_show_lists_members_and_waiting_calls(cli_dir: Path, acd_state: None) -> None:
+    time.sleep(0.5)  # 1002's wrap-up is over (when this test runs alone)
     code, out, err = cli(cli_dir, "queue", "show", "sales", "--json")
     assert code == 0, err
     data = json.loads(out)
