@@ -29,6 +29,7 @@ from omnicc.sip_auth import (  # noqa: E402
     contact_expires,
     contact_uri,
     parse_authorization,
+    path_header,
     registration_ttl,
 )
 from omnicc.sip_policy import Classified, Source, SourcePolicy  # noqa: E402
@@ -50,6 +51,7 @@ AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
 AUTH_NONCE_REUSED = -6  # ... for a nonce count seen before: a replay, or a retransmission
 AUTH_CHALLENGE_QOP = 1  # auth_challenge() flag: qop=auth (nonce counts can be checked)
 ASTERISK_RING_TIMEOUT_MS = 120000
+LOOSE_ROUTE_PRELOADED = -3  # loose_route(): next hop taken from a preloaded route set
 
 
 class NodeHtables:
@@ -95,6 +97,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.auth = None
         self.guard = None
         self.scanners = None
+        self.clustered = False
+        self.node_uri = ""
         self.redis = None
         self._acd = None
 
@@ -105,6 +109,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.config = load_config(path)
             self.policy = SourcePolicy(self.config)
             self.scanners = ScannerMatcher(self.config.security.scanner_user_agents)
+            self.clustered = bool(self.config.kamailio_peers)
+            services = self.config.services
+            self.node_uri = f"sip:{services.listen}:{services.kamailio.port}"
             import redis
 
             url = os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -137,11 +144,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     def route_request(self):
         peer = self.policy.classify(KSR.pv.get("$si"), KSR.pv.geti("$sp"))
         if peer.source is Source.KAMAILIO:
-            if KSR.pv.get("$rm") == "KDMQ":
-                # Another omnicc node replicating registrations and bans (DMQ).
-                KSR.dmq.handle_message()
-                return
-            peer = Classified(Source.UNTRUSTED)  # anything else: as anyone else's
+            self.route_from_peer_node()
+            return
         if peer.source is Source.UNTRUSTED and not self.screen_untrusted():
             return
         if KSR.maxfwd.process_maxfwd(10) < 0:
@@ -184,6 +188,36 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.route_to_asterisk(peer.tenant.name, trunk=peer.trunk.name)
         else:
             self.route_from_agent()
+
+    def route_from_peer_node(self):
+        """Another omnicc Kamailio: DMQ replication, or a call to an agent registered
+        through this node (its Path), or a request within such a call."""
+        if KSR.pv.get("$rm") == "KDMQ":
+            KSR.dmq.handle_message()
+            return
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        KSR.force_rport()
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                self.relay()
+            return
+        if KSR.siputils.has_totag() > 0:
+            self.route_within_dialog(Classified(Source.KAMAILIO))
+            return
+        if KSR.tm.t_check_trans() == 0:
+            return
+        # The Route is this node's Path hop, preloaded by the peer's lookup (loose_route
+        # gives -3 for a preloaded route set); the path module sets the next hop to the
+        # address a NATed agent registered from.
+        if not KSR.is_INVITE() or KSR.rr.loose_route() not in (1, LOOSE_ROUTE_PRELOADED):
+            KSR.sl.sl_send_reply(403, "Not A Path-Routed Call")
+            return
+        KSR.dialog.dlg_manage()  # so the agent's in-dialog requests are recognised here
+        KSR.rr.record_route()
+        KSR.tm.t_on_reply("ksr_reply_from_agent")
+        self.relay()
 
     def screen_untrusted(self):
         """Bans, scanners, flood, size: False if the request must go no further. All in
@@ -260,8 +294,19 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if identity is None:
             return
         # An agent behind NAT: register the address it came from, not the one it wrote.
-        if KSR.nathelper.nat_uac_test(19) > 0:
+        behind_nat = KSR.nathelper.nat_uac_test(19) > 0
+        if behind_nat:
             KSR.nathelper.fix_nated_register()
+        if self.clustered:
+            # Other nodes reach this agent through this node (see kamailio.cfg: Path),
+            # behind NAT at the address the REGISTER came from. Written here rather than
+            # by the path module, whose Path gets this node's address only when a request
+            # is forwarded; applied to the request itself, for save() reads what was
+            # received.
+            received = ((KSR.pv.get("$si"), KSR.pv.geti("$sp"), KSR.pv.get("$pr"))
+                        if behind_nat else None)
+            KSR.hdr.insert(path_header(self.node_uri, received))
+            KSR.textopsx.msg_apply_changes()
         if KSR.registrar.save("location", REG_SAVE_NO_REPLY) < 0:
             if publish:
                 self.forget_contact(identity)

@@ -88,6 +88,15 @@ def _bans_table(stack) -> str:
     return "bans:\n" + format_table(["ip", "reason", "since", "expires in"], rows)
 
 
+def _visible(path: Path) -> bool:
+    """Whether `path` exists, False when this user may not even look (/run/kamailio is
+    mode 0770): the RPC call then says it cannot reach Kamailio."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def cmd_unban(args: argparse.Namespace) -> int:
     import ipaddress
 
@@ -112,7 +121,7 @@ def cmd_unban(args: argparse.Namespace) -> int:
     # The ban is enforced in Kamailio's memory: lift it there too (and with it the
     # address's counters). This node passes the deletion on to its DMQ peers.
     fifo = Path(args.rpc_fifo) if args.rpc_fifo else kamailio_rpc.fifo_path(stack.run_dir)
-    if not args.rpc_fifo and not fifo.exists() and kamailio_rpc.PACKAGED_FIFO.exists():
+    if not args.rpc_fifo and not fifo.exists() and _visible(kamailio_rpc.PACKAGED_FIFO):
         fifo = kamailio_rpc.PACKAGED_FIFO  # a Kamailio deployed by its package
     enforced = False
     try:

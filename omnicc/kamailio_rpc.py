@@ -34,7 +34,11 @@ def call(fifo: Path, method: str, *params: Any, timeout: float = 5.0,
          reply_dir: Path = REPLY_DIR) -> Any:
     """Run one RPC command; its result, or KamailioRpcError."""
     fifo = Path(fifo)
-    if not fifo.exists():
+    try:
+        present = fifo.exists()
+    except OSError as exc:  # a directory this user may not enter
+        raise KamailioRpcError(f"cannot look for {fifo}: {exc}") from None
+    if not present:
         raise KamailioRpcError(f"no Kamailio control FIFO at {fifo} (is Kamailio running?)")
     reply_name = f"omnicc-rpc-{os.getpid()}-{secrets.token_hex(4)}"
     reply = Path(reply_dir) / reply_name

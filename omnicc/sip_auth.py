@@ -87,3 +87,19 @@ def contact_uri(contact: str | None) -> str:
     if "<" in contact and ">" in contact:
         return contact.split("<", 1)[1].split(">", 1)[0].strip()
     return contact.split(";", 1)[0].strip()
+
+
+def path_header(node_uri: str, received: tuple[str, int, str] | None) -> str:
+    """A Path header (RFC 3327) naming this node; for an agent behind NAT, with the
+    (ip, port, protocol) its REGISTER came from as the `received` parameter: another node
+    sends the agent's calls to this node, which sends them to that address — the one the
+    agent's NAT lets in. The received URI's own parameters are escaped, as they sit
+    inside one."""
+    if received is None:
+        return f"Path: <{node_uri};lr>\r\n"
+    source_ip, source_port, protocol = received
+    host = f"[{source_ip}]" if ":" in source_ip else source_ip
+    uri = f"sip:{host}:{int(source_port)}"
+    if protocol and protocol.lower() != "udp":
+        uri += f"%3Btransport%3D{protocol.lower()}"
+    return f"Path: <{node_uri};lr;received={uri}>\r\n"

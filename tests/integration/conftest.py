@@ -22,6 +22,7 @@ from omnicc.stack import Stack
 
 TRUNK_IP = "127.0.0.3"      # the test carrier sends from here
 STRANGER_IP = "127.0.0.5"   # an address omnicc trusts for nothing
+PEER_NODE_IP = "127.0.0.4"  # the second Kamailio node of test_cluster.py
 DOMAIN = "it.omnicc.test"
 
 CONFIG_TEMPLATE = """\
@@ -34,10 +35,11 @@ services:
   redis:    {{port: {redis}}}
   postgres: {{port: {postgres}}}
 # Registrations and bans replicate over DMQ between these Kamailio nodes; the second is
-# the node tests/integration/test_cluster.py starts beside this stack's.
+# the node tests/integration/test_cluster.py starts beside this stack's, on an address
+# of its own (as another machine would be).
 kamailio_nodes:
   - {{host: 127.0.0.1, port: {kamailio}}}
-  - {{host: 127.0.0.1, port: {kamailio_peer}}}
+  - {{host: 127.0.0.4, port: {kamailio_peer}}}
 tenants:
   - name: default
     domain: {domain}

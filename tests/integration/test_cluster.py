@@ -3,6 +3,7 @@ registered through one node is reachable through any other."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -16,7 +17,14 @@ from omnicc.config import load_config
 from omnicc.keys import agent_contact
 from omnicc.stack import Stack
 
-from .conftest import TRUNK_IP, RunningStack, free_ports, make_stack_dir, omnicc_cli
+from .conftest import (
+    PEER_NODE_IP,
+    TRUNK_IP,
+    RunningStack,
+    free_ports,
+    make_stack_dir,
+    omnicc_cli,
+)
 from .test_first_call import agent_online, events_since, now_id
 
 pytestmark = pytest.mark.integration
@@ -24,27 +32,30 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def second_kamailio(running_stack: RunningStack):
-    """Node B: another Kamailio (own var/) on the same Redis and Asterisk, at the address
-    the stack's config lists as its DMQ peer."""
+    """Node B: another Kamailio (own var/) at the address the stack's config lists as its
+    DMQ peer (an IP of its own, as another machine would have), on the same Redis."""
     directory = make_stack_dir("omnicc-node-b-")
     config = running_stack.config
-    me = (config.services.listen, config.services.kamailio.port)
-    (peer,) = [n for n in config.kamailio_nodes if (n.host, n.port) != me]
-    port = peer.port
+    (peer,) = [n for n in config.kamailio_nodes if n.host == PEER_NODE_IP]
     text = running_stack.stack.config_path.read_text()
     text = text.replace("node: it-main", "node: it-node-b")
-    text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {port}}}", text)
+    text = text.replace(f"listen: {config.services.listen}", f"listen: {PEER_NODE_IP}")
+    text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {peer.port}}}", text)
     path = directory / "omnicc.yaml"
     path.write_text(text)
     stack = Stack(load_config(path), path, directory / "var")
     stack._dirs()
     kamailio = next(s for s in stack.services if s.name == "kamailio")
+    node_env = kamailio.env
+    # The shared Redis listens on the stack's address, not on B's.
+    kamailio.env = lambda: {**node_env(), "OMNICC_REDIS_URL": running_stack.stack.redis_url}
     kamailio.start(progress=print)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"{PEER_NODE_IP}:{peer.port}"
     finally:
         kamailio.stop(progress=print)
-        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(
@@ -63,6 +74,11 @@ def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(
                                     local_ip=TRUNK_IP, talk_ms=500)
         assert caller.run(timeout=60) == 0, caller.trace()
         assert phone.wait(timeout=15) == 0, phone.trace()
+        # The call came the way of the agent's Path: through node B, whose address the
+        # phone's NAT (if any) would let in, not straight from node A.
+        (invite,) = [m for m in phone.traced_messages()
+                     if m.is_request and m.method == "INVITE" and not m.sent]
+        assert invite.header("via").split(";")[0].endswith(f"UDP {second_kamailio}"), invite
     ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
     assert ended and ended[0]["dialstatus"] == "ANSWER"
 
@@ -72,28 +88,28 @@ def test_a_ban_made_by_one_node_holds_on_the_other_and_unban_lifts_both(
 ) -> None:
     from .test_sip_edge import _send_raw_options
 
-    port_b = int(second_kamailio.rsplit(":", 1)[1])
+    node_b = (PEER_NODE_IP, int(second_kamailio.rsplit(":", 1)[1]))
     scanner = "127.0.0.21"
 
-    def answered(port: int | None) -> bool:
-        return _send_raw_options(running_stack, scanner, "Polycom", port=port) is not None
+    def answered(node: tuple[str, int] | None) -> bool:
+        return _send_raw_options(running_stack, scanner, "Polycom", node=node) is not None
 
-    assert answered(None) and answered(port_b)
-    _send_raw_options(running_stack, scanner, "friendly-scanner", port=port_b)
+    assert answered(None) and answered(node_b)
+    _send_raw_options(running_stack, scanner, "friendly-scanner", node=node_b)
     # Banned by node B; node A hears of it over DMQ and drops the scanner too.
     deadline = time.monotonic() + 5
     while answered(None) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not answered(None) and not answered(port_b)
+    assert not answered(None) and not answered(node_b)
     status = omnicc_cli(running_stack.directory, "status")
     assert scanner in status.stdout and "scanner" in status.stdout
     # `omnicc unban` on node A's machine lifts it on A and, over DMQ, on B.
     unban = omnicc_cli(running_stack.directory, "unban", scanner)
     assert unban.returncode == 0, unban.stdout + unban.stderr
     deadline = time.monotonic() + 5
-    while not answered(port_b) and time.monotonic() < deadline:
+    while not answered(node_b) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert answered(None) and answered(port_b)
+    assert answered(None) and answered(node_b)
 
 
 @pytest.fixture

@@ -301,24 +301,24 @@ def test_scanner_is_banned_listed_and_unbanned(running_stack: RunningStack) -> N
 
 
 def _send_raw_options(stack: RunningStack, source_ip: str, user_agent: str,
-                      port: int | None = None) -> str | None:
+                      node: tuple[str, int] | None = None) -> str | None:
     """One OPTIONS from source_ip with the given User-Agent to the stack's Kamailio (or the
-    one on `port`); the reply's status line."""
-    port = port or stack.config.services.kamailio.port
+    one at `node`, (ip, port)); the reply's status line."""
+    host, port = node or ("127.0.0.1", stack.config.services.kamailio.port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((source_ip, 0))
         sock.settimeout(1.0)
         local = sock.getsockname()
         call_id = f"{time.time()}@probe"
         message = (
-            f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK{abs(hash(call_id))};rport\r\n"
             "Max-Forwards: 70\r\n"
-            f"From: <sip:probe@{local[0]}>;tag=1\r\nTo: <sip:127.0.0.1:{port}>\r\n"
+            f"From: <sip:probe@{local[0]}>;tag=1\r\nTo: <sip:{host}:{port}>\r\n"
             f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: {user_agent}\r\n"
             "Content-Length: 0\r\n\r\n"
         )
-        sock.sendto(message.encode(), ("127.0.0.1", port))
+        sock.sendto(message.encode(), (host, port))
         try:
             data, _ = sock.recvfrom(65535)
         except TimeoutError:

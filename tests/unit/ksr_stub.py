@@ -40,7 +40,7 @@ AUTH_USER_MISMATCH = -8
 
 # Sub-modules and functions of KSR that the fake provides, by the name the script uses.
 SUBMODULES = ("pv", "sl", "tm", "rr", "hdr", "registrar", "auth", "dispatcher", "maxfwd",
-              "sanity", "siputils", "dialog", "nathelper", "htable", "dmq")
+              "sanity", "siputils", "dialog", "nathelper", "htable", "dmq", "textopsx")
 FUNCTIONS = ("is_INVITE", "is_ACK", "is_BYE", "is_CANCEL", "is_REGISTER", "is_OPTIONS",
              "is_MESSAGE", "is_myself_ruri", "force_rport", "err", "warn", "info", "dbg")
 
@@ -66,6 +66,7 @@ class SipRequest:
     method: str = "INVITE"
     source_ip: str = "203.0.113.50"
     source_port: int = 5060
+    protocol: str = "udp"  # $pr
     ruri_user: str | None = None
     ruri_domain: str | None = None  # None: the To domain, as for most requests here
     ruri_is_myself: bool = True
@@ -132,6 +133,7 @@ class FakeKSR:
         self.calls: list[Call] = []
         self.unmodelled: list[str] = []
         self.appended_headers: list[str] = []
+        self.inserted_headers: list[str] = []  # hdr.insert(): before the first header
         self.removed_headers: list[str] = []
         self.reply_headers: list[str] = []  # append_to_reply(): added to the next reply
         self.pv = FakePv(self)
@@ -149,6 +151,7 @@ class FakeKSR:
         self.nathelper = FakeNathelper(self)
         self.htable = FakeHtable(self)
         self.dmq = FakeDmq(self)
+        self.textopsx = FakeTextopsx(self)
 
     # ------------------------------------------------------------------ recording
     def call(self, name: str, *args: Any, result: Any) -> Any:
@@ -289,6 +292,7 @@ class FakePv(_Part):
             return request.header(name[len("$hdr("):-1])
         values: dict[str, str | int | None] = {
             "$si": request.source_ip, "$sp": request.source_port, "$rm": request.method,
+            "$pr": request.protocol,
             "$rU": request.ruri_user, "$fU": request.from_user, "$fd": request.from_domain,
             "$rd": request.ruri_domain if request.ruri_domain is not None else request.to_domain,
             "$tU": request.to_user, "$td": request.to_domain, "$ua": request.user_agent,
@@ -384,6 +388,11 @@ class FakeHdr(_Part):
     def append(self, text: str) -> int:
         result = self._call("append", text, result=1)
         self._ksr.appended_headers.append(text)
+        return result
+
+    def insert(self, text: str) -> int:
+        result = self._call("insert", text, result=1)
+        self._ksr.inserted_headers.append(text)
         return result
 
     def append_to_reply(self, text: str) -> int:
@@ -522,6 +531,13 @@ class FakeDmq(_Part):
 
     def handle_message(self) -> int:
         return self._call("handle_message", result=1)
+
+
+class FakeTextopsx(_Part):
+    prefix = "textopsx"
+
+    def msg_apply_changes(self) -> int:
+        return self._call("msg_apply_changes", result=1)
 
 
 # ---------------------------------------------------------------------------- the module

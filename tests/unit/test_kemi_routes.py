@@ -1435,9 +1435,68 @@ def test_kdmq_from_a_peer_kamailio_node_goes_to_dmq(worker_with: Callable[[str],
         assert fake.replies == [(405, "Method Not Allowed")]
 
 
-def test_a_peer_kamailio_nodes_other_requests_are_screened_like_anyones(
+PEER = "kamailio_nodes:\n  - {host: 192.0.2.11, port: 5060}\n"
+
+
+def from_peer(request: SipRequest) -> SipRequest:
+    return replace(request, source_ip="192.0.2.11", source_port=5060)
+
+
+def test_a_call_routed_here_by_a_peers_lookup_goes_on_to_the_agent(
     worker_with: Callable[[str], Worker],
 ) -> None:
-    worker = worker_with("kamailio_nodes:\n  - {host: 192.0.2.11, port: 5060}\n")
-    fake = worker.route(register(source_ip="192.0.2.11", source_port=5060))
-    assert fake.challenges == [(DOMAIN, QOP_AUTH)]
+    # Node A found the agent registered through this node (its Path): the path module's
+    # loose_route sets the next hop to the address the agent registered from.
+    worker = worker_with(PEER)
+    fake = worker.route(from_peer(invite_from_asterisk()), results={"rr.loose_route": -3})
+    assert fake.relayed
+    names = fake.names()
+    assert names.index("dialog.dlg_manage") < names.index("tm.t_relay")
+    assert names.index("rr.record_route") < names.index("tm.t_relay")
+    assert fake.calls_to("tm.t_on_reply") == [("ksr_reply_from_agent",)]
+    # A peer node is neither screened nor asked for credentials.
+    assert not any(n.startswith(("htable.", "auth.")) for n in names)
+    assert worker.redis.commands == []
+
+
+def test_a_peers_request_that_is_not_a_path_routed_call_is_refused(
+    worker_with: Callable[[str], Worker],
+) -> None:
+    worker = worker_with(PEER)
+    fake = worker.route(from_peer(invite_from_asterisk()))  # no Route to this node
+    assert fake.replies == [(403, "Not A Path-Routed Call")] and not fake.relayed
+    fake = worker.route(from_peer(invite_from_asterisk()), results={"rr.loose_route": -2})
+    assert fake.replies == [(403, "Not A Path-Routed Call")] and not fake.relayed
+    fake = worker.route(from_peer(register()), results={"rr.loose_route": 1})
+    assert fake.replies == [(403, "Not A Path-Routed Call")]
+    assert "registrar.save" not in fake.names()
+
+
+def test_a_peers_in_dialog_request_follows_its_route(
+    worker_with: Callable[[str], Worker],
+) -> None:
+    # The agent's BYE, passed on by the node it registered through.
+    worker = worker_with(PEER)
+    fake = worker.route(from_peer(invite_from_asterisk(method="BYE", to_tag="t1")),
+                        results={"rr.loose_route": 1})
+    assert fake.relayed and "dialog.is_known_dlg" not in fake.names()
+
+
+def test_in_a_cluster_a_registration_carries_this_nodes_path(
+    worker: Worker, worker_with: Callable[[str], Worker],
+) -> None:
+    contact = [("Contact", "<sip:1001@198.51.100.7:5062>")]
+    alone = worker.route(register(credentials=good_credentials(), headers=contact))
+    assert "hdr.insert" not in alone.names()
+    clustered = worker_with(PEER)
+    fake = clustered.route(register(credentials=good_credentials(), headers=contact))
+    assert fake.inserted_headers == ["Path: <sip:127.0.0.1:5060;lr>\r\n"]
+    # Behind NAT: with the address the REGISTER came from, which the NAT lets in.
+    natted = clustered.route(register(credentials=good_credentials(), headers=contact,
+                                      behind_nat=True))
+    assert natted.inserted_headers == [
+        f"Path: <sip:127.0.0.1:5060;lr;received=sip:{STRANGER_IP}:40000>\r\n"]
+    assert (fake.index_of("hdr.insert") < fake.index_of("textopsx.msg_apply_changes")
+            < fake.index_of("registrar.save"))
+
+

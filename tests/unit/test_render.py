@@ -229,6 +229,7 @@ def test_a_single_node_keeps_its_registrar_and_bans_in_memory_without_dmq(
     lines = settings_of(read(tmp_path, "kamailio.cfg"))
     assert 'modparam("usrloc", "db_mode", 0)' in lines
     assert 'modparam("usrloc", "preload", "location")' in lines
+    assert 'loadmodule "path.so"' not in lines
     assert not any(line.startswith(('loadmodule "dmq', 'modparam("dmq'))
                    or "db_redis" in line or "db_url" in line for line in lines)
     security = example.security
@@ -246,7 +247,7 @@ def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path:
     paths = render_kamailio(parse_config(CLUSTER), tmp_path)
     assert_fully_rendered(paths)
     lines = settings_of(read(tmp_path, "kamailio.cfg"))
-    for module in ("dmq.so", "dmq_usrloc.so"):
+    for module in ("dmq.so", "dmq_usrloc.so", "path.so"):
         assert f'loadmodule "{module}"' in lines
     assert 'modparam("dmq", "server_address", "sip:10.1.2.3:5060")' in lines
     # Its peers, not itself.
@@ -255,6 +256,12 @@ def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path:
         'modparam("dmq", "notification_address", "sip:10.1.2.5:5070")',
     ]
     assert 'modparam("dmq_usrloc", "enable", 1)' in lines
+    for setting in ('modparam("registrar", "use_path", 1)',
+                    'modparam("registrar", "path_check_local", 1)',
+                    'modparam("path", "use_received", 1)'):
+        assert setting in lines
+    # Not the registrar's own use of received: that would skip the Path's node.
+    assert not any("path_use_received" in line for line in lines)
     assert any(line.startswith('modparam("htable", "htable", "bans=>')
                and "dmqreplicate=1" in line for line in lines)
     # dmq is loaded before the modules that replicate through it.

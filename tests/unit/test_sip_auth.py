@@ -89,3 +89,16 @@ def test_contact_expires(contact: str | None, expires: str | None) -> None:
     from omnicc.sip_auth import contact_expires
 
     assert contact_expires(contact) == expires
+
+
+def test_a_path_header_names_this_node_and_the_address_the_register_came_from() -> None:
+    from omnicc.sip_auth import path_header
+
+    assert path_header("sip:10.0.0.1:5060", None) == "Path: <sip:10.0.0.1:5060;lr>\r\n"
+    assert path_header("sip:10.0.0.1:5060", ("203.0.113.7", 41000, "udp")) == \
+        "Path: <sip:10.0.0.1:5060;lr;received=sip:203.0.113.7:41000>\r\n"
+    # Over TCP the received URI keeps its transport, escaped inside the parameter.
+    assert path_header("sip:10.0.0.1:5060", ("203.0.113.7", 41000, "tcp")) == \
+        "Path: <sip:10.0.0.1:5060;lr;received=sip:203.0.113.7:41000%3Btransport%3Dtcp>\r\n"
+    assert path_header("sip:10.0.0.1:5060", ("2001:db8::7", 5062, "udp")) == \
+        "Path: <sip:10.0.0.1:5060;lr;received=sip:[2001:db8::7]:5062>\r\n"

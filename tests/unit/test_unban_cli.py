@@ -48,3 +48,18 @@ def test_the_lean_client_reads_the_database_of_either_url_form() -> None:
     assert LeanScript("redis://127.0.0.1:6379/4", "return 1")._db == 4
     assert LeanScript("unix:///run/redis/redis.sock?db=2", "return 1")._db == 2
     assert LeanScript("unix:///run/redis/redis.sock", "return 1")._db == 0
+
+
+def test_a_fifo_this_user_may_not_look_at_is_reported_not_a_traceback(
+    tmp_path: Path, records: BanList, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omnicc import kamailio_rpc
+
+    def forbidden(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", forbidden)
+    assert unban(tmp_path, "198.51.100.9", "--rpc-fifo", "/run/kamailio/x.fifo") == 1
+    assert "Permission denied" in capsys.readouterr().err
+    assert kamailio_rpc.PACKAGED_FIFO.name == "kamailio_rpc.fifo"
