@@ -29,11 +29,13 @@ from agi.handlers.agent_call import AgentCall
 from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
 from agi.handlers.health import health
-from agi.handlers.inbound_route import InboundRoute
+from agi.handlers.inbound_route import BlacklistCheck, InboundRoute
+from agi.handlers.ivr import IvrEntry
 from agi.handlers.queue_call import QueueAnswer, QueueCall, QueueEnd, QueueResult, QueueStore
 from agi.handlers.queue_setup import sync_queues
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
+from omnicc.blacklist import check_caller_async
 from omnicc.config import ConfigError, OmniccConfig, load_config
 from omnicc.events import EventLog
 
@@ -43,12 +45,14 @@ QUEUE_SYNC_RETRY_SECONDS = 2.0
 
 
 def build_routes(config: OmniccConfig, events: EventLog,
-                 acd: QueueStore | None = None) -> dict[str, Handler]:
+                 acd: QueueStore | None = None,
+                 blacklist: BlacklistCheck | None = None) -> dict[str, Handler]:
     """Every AGI script this server answers, by the name the dialplan uses; the queue
-    scripts when it has an ACD store."""
+    scripts when it has an ACD store; inbound calls checked against `blacklist`."""
     routes: dict[str, Handler] = {
         "health": health,
-        "inbound_route": InboundRoute(config, events),
+        "inbound_route": InboundRoute(config, events, blacklist),
+        "ivr_entry": IvrEntry(config, events),
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events),
     }
@@ -97,7 +101,11 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
     periodic = [asyncio.create_task(renewer.run())]
     if tick_seconds > 0:
         periodic.append(asyncio.create_task(AcdTicker(acd, tenants, tick_seconds).run()))
-    server = FastAGIServer(build_routes(config, events, acd), host=host, port=port)
+    async def blacklisted(tenant: str, caller: str) -> str | None:
+        return await check_caller_async(client, tenant, caller)
+
+    server = FastAGIServer(build_routes(config, events, acd, blacklisted), host=host,
+                           port=port)
     await server.start()
     log.info("FastAGI server listening on %s:%d", host, server.port)
     stop = asyncio.Event()

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from omnicc.dialpatterns import DialPattern, PatternTable
+from omnicc.timeconditions import DateSpec, TimeGroup, TimeRule, load_zone
+
 EXTENSION_RE = re.compile(r"^[0-9]{2,12}$")
 DID_RE = re.compile(r"^\+?[0-9]{1,20}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -37,6 +41,16 @@ MAX_QUEUE_PRIORITY = 99
 # A feature code an agent dials: '*' and 1 to 6 digits. Pause reasons are picked by digits.
 FEATURE_CODE_RE = re.compile(r"^\*[0-9]{1,6}$")
 PAUSE_REASON_DIGITS_RE = re.compile(r"^[0-9]{1,3}$")
+# A custom dialplan context of the admin's (destination `context:NAME[,EXTEN]`) and the
+# extension entered in it: only names the tenant declares in dialplan_contexts.
+CONTEXT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+CONTEXT_EXTEN_RE = re.compile(r"^(s|\+?[0-9*#]{1,32})$")
+# An Asterisk sound name as Playback()/Read() take it: no extension, no absolute path, no
+# '..', no '&' (which would chain files) nor ',' (which would end the argument). One
+# optional sub-directory of the sounds directory (acme/main-menu).
+SOUND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$")
+# IVR option keys: digits and '*' ('#' ends an entry in Read()).
+IVR_OPTION_RE = re.compile(r"^[0-9*]{1,10}$")
 
 
 class ConfigError(Exception):
@@ -197,13 +211,22 @@ class Trunk(_Strict):
         return str(self.network) if self.port is None else f"{self.network} port {self.port}"
 
 
-class Destination(_Strict):
-    """Where a call goes: ``agent:1001``, ``queue:sales`` or ``hangup`` in the file."""
+DestinationKind = Literal["agent", "queue", "hangup", "busy", "ivr", "time_condition",
+                         "context"]
 
-    kind: Literal["agent", "queue", "hangup"]
+
+class Destination(_Strict):
+    """Where a call goes, as the file writes it: ``agent:1001``, ``queue:sales``,
+    ``ivr:main``, ``time_condition:office``, ``context:NAME[,EXTEN]``, ``hangup`` (403) or
+    ``busy`` (486)."""
+
+    kind: DestinationKind
     target: str = ""
+    exten: str = ""  # context destinations: the extension entered ("s" when not given)
 
     def __str__(self) -> str:
+        if self.kind == "context":
+            return f"context:{self.target},{self.exten}"
         return f"{self.kind}:{self.target}" if self.target else self.kind
 
     @classmethod
@@ -213,14 +236,26 @@ class Destination(_Strict):
             if not EXTENSION_RE.fullmatch(target):
                 raise ValueError(f"'agent:' needs an agent extension, got {text!r}")
             return cls(kind="agent", target=target)
-        if kind == "queue":
+        if kind in ("queue", "ivr", "time_condition"):
             if not NAME_RE.fullmatch(target):
-                raise ValueError(f"'queue:' needs a queue name, got {text!r}")
-            return cls(kind="queue", target=target)
-        if kind == "hangup" and not target:
-            return cls(kind="hangup")
+                raise ValueError(f"'{kind}:' needs a {kind.replace('_', ' ')} name "
+                                 f"(lower-case letters, digits, '-' and '_'), got {text!r}")
+            return cls(kind=kind, target=target)
+        if kind == "context":
+            name, _, exten = target.partition(",")
+            exten = exten or "s"
+            if not CONTEXT_RE.fullmatch(name) or name.startswith("omnicc"):
+                raise ValueError(f"'context:' needs a dialplan context name (letters, digits, "
+                                 f"'-' and '_', not omnicc's own), got {text!r}")
+            if not CONTEXT_EXTEN_RE.fullmatch(exten):
+                raise ValueError(f"context extension {exten!r} in {text!r}: 's' or up to 32 "
+                                 "digits, '*', '#'")
+            return cls(kind="context", target=name, exten=exten)
+        if kind in ("hangup", "busy") and not target:
+            return cls(kind=kind)
         raise ValueError(
-            f"unknown destination {text!r} (expected 'agent:EXT', 'queue:NAME' or 'hangup')")
+            f"unknown destination {text!r} (expected 'agent:EXT', 'queue:NAME', 'ivr:NAME', "
+            "'time_condition:NAME', 'context:NAME[,EXTEN]', 'hangup' or 'busy')")
 
 
 def _destination_value(value: Any) -> Any:
@@ -318,7 +353,12 @@ class Queue(_Strict):
 
 
 class InboundRoute(_Strict):
-    did: str
+    """A DID (exact: ``did``) or an Asterisk dial pattern of DIDs (``pattern: _55501XX``)
+    and its destination. An exact DID beats every pattern; among patterns the most
+    specific wins, as in Asterisk (omnicc/dialpatterns.py)."""
+
+    did: str | None = None
+    pattern: str | None = None
     destination: Destination
     # For a queue destination: higher is served first (VIP numbers), 0 to 99.
     priority: int = Field(default=0, ge=0, le=MAX_QUEUE_PRIORITY)
@@ -331,6 +371,14 @@ class InboundRoute(_Strict):
             raise ValueError("a DID is digits with an optional leading '+', as a quoted string")
         return value
 
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.startswith("_"):
+            raise ValueError("a pattern starts with '_' (_55501XX); an exact number is a did")
+        DialPattern.compile(value)  # a PatternError (ValueError) names the character
+        return value
+
     @field_validator("destination", mode="before")
     @classmethod
     def _destination(cls, value: Any) -> Any:
@@ -338,9 +386,181 @@ class InboundRoute(_Strict):
 
     @model_validator(mode="after")
     def _priority_for_queues(self) -> InboundRoute:
+        if (self.did is None) == (self.pattern is None):
+            raise _Problems([((), "an inbound route has either a did or a pattern")])
         if self.priority and self.destination.kind != "queue":
             raise _Problems([(("priority",), "a priority only applies to a queue destination")])
         return self
+
+    @property
+    def match(self) -> str:
+        """What the route matches, as the file writes it."""
+        return self.did if self.did is not None else str(self.pattern)
+
+
+class TimeRuleConfig(_Strict):
+    """A rule of a time group (omnicc/timeconditions.py): every part given must match."""
+
+    weekdays: str | None = None  # mon-fri, sat, mon-wed,fri
+    times: str | None = None     # 09:00-18:00; 22:00-06:00 goes past midnight
+    dates: list[str] = []        # 12-25, 2026-11-26, 12-24..12-31
+
+    @field_validator("dates", mode="before")
+    @classmethod
+    def _dates(cls, value: Any) -> Any:
+        return _date_texts(value)
+
+    @model_validator(mode="after")
+    def _parses(self) -> TimeRuleConfig:
+        self.rule  # noqa: B018 - a TimeConditionError (ValueError) names the part at fault
+        return self
+
+    @functools.cached_property
+    def rule(self) -> TimeRule:
+        return TimeRule.from_dict({k: v for k, v in (
+            ("weekdays", self.weekdays), ("times", self.times), ("dates", self.dates))
+            if v not in (None, [])})
+
+
+class TimeGroupConfig(_Strict):
+    """Opening hours and holidays, in a timezone (an IANA name)."""
+
+    name: str
+    timezone: str
+    rules: list[TimeRuleConfig] = Field(min_length=1)
+    except_dates: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("a time group name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        load_zone(value)
+        return value
+
+    @field_validator("except_dates", mode="before")
+    @classmethod
+    def _except_dates(cls, value: Any) -> Any:
+        value = _date_texts(value)
+        if isinstance(value, list):
+            for text in value:
+                if isinstance(text, str):
+                    DateSpec.parse(text)
+        return value
+
+    @functools.cached_property
+    def group(self) -> TimeGroup:
+        return TimeGroup(name=self.name, timezone=self.timezone,
+                         rules=tuple(r.rule for r in self.rules),
+                         except_dates=tuple(DateSpec.parse(d) for d in self.except_dates))
+
+
+def _date_texts(value: Any) -> Any:
+    # YAML reads an unquoted 2026-11-26 as a date: take it back as written.
+    if isinstance(value, date | str):
+        value = [value]
+    if isinstance(value, list):
+        return [v.isoformat() if isinstance(v, date) else v for v in value]
+    return value
+
+
+class TimeConditionConfig(_Strict):
+    """A time group and two destinations: `matched` while the group's clock is in it,
+    `unmatched` otherwise."""
+
+    name: str
+    time_group: str
+    matched: Destination
+    unmatched: Destination
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("a time condition name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("matched", "unmatched", mode="before")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        return _destination_value(value)
+
+
+def _sound(value: str) -> str:
+    if not SOUND_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an Asterisk sound name (letters, digits, '-' and "
+                         "'_', one optional sub-directory as in acme/main-menu; no extension, "
+                         "no absolute path, no '..', no '&')")
+    return value
+
+
+class Ivr(_Strict):
+    """A voice menu: `prompt` plays while the caller may key an option (up to max_digits
+    digits, timeout_seconds after the prompt); no entry or an entry that is no option
+    plays the prompt again (after invalid_prompt), `retries` times, then `default`."""
+
+    name: str
+    prompt: str
+    options: dict[str, Destination] = Field(min_length=1)
+    max_digits: int = Field(default=1, ge=1, le=10)
+    timeout_seconds: int = Field(default=5, ge=1, le=60)
+    retries: int = Field(default=2, ge=0, le=9)
+    invalid_prompt: str = "pm-invalid-option"
+    default: Destination = Destination(kind="hangup")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("an IVR name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("prompt", "invalid_prompt")
+    @classmethod
+    def _prompts(cls, value: str) -> str:
+        return _sound(value)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: _destination_value(v) for k, v in value.items()}
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default(cls, value: Any) -> Any:
+        return _destination_value(value)
+
+    @model_validator(mode="after")
+    def _option_keys(self) -> Ivr:
+        problems: list[Problem] = []
+        for key in self.options:
+            if not IVR_OPTION_RE.fullmatch(key):
+                problems.append((("options", key), f"option {key!r}: digits and '*' only "
+                                                   "(quote it: \"1\")"))
+            elif len(key) > self.max_digits:
+                problems.append((("options", key), f"option {key!r} is longer than "
+                                                   f"max_digits {self.max_digits}"))
+        _raise_problems(problems)
+        return self
+
+
+class BlacklistConfig(_Strict):
+    """Where a caller on the tenant's blacklist goes (the numbers are in Redis:
+    ``omnicc blacklist import``). Default: hung up with 403."""
+
+    destination: Destination = Destination(kind="hangup")
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        return _destination_value(value)
 
 
 class FeatureCodes(_Strict):
@@ -410,6 +630,12 @@ class Tenant(_Strict):
     inbound_routes: list[InboundRoute] = []
     queues: list[Queue] = []
     feature_codes: FeatureCodes = FeatureCodes()
+    time_groups: list[TimeGroupConfig] = []
+    time_conditions: list[TimeConditionConfig] = []
+    ivrs: list[Ivr] = []
+    blacklist: BlacklistConfig = BlacklistConfig()
+    # The admin's own dialplan contexts a `context:` destination may name.
+    dialplan_contexts: list[str] = []
 
     @field_validator("name")
     @classmethod
@@ -432,13 +658,33 @@ class Tenant(_Strict):
                          lambda i: ("agents", i, "extension")),
             *_duplicates([t.name for t in self.trunks], "trunk name",
                          lambda i: ("trunks", i, "name")),
-            *_duplicates([r.did for r in self.inbound_routes], "inbound route DID",
-                         lambda i: ("inbound_routes", i, "did")),
+            *_duplicates([r.did for r in self.inbound_routes if r.did is not None],
+                         "inbound route DID", lambda i: ("inbound_routes", i, "did")),
             *_duplicates([q.name for q in self.queues], "queue name",
                          lambda i: ("queues", i, "name")),
+            *_duplicates([g.name for g in self.time_groups], "time group name",
+                         lambda i: ("time_groups", i, "name")),
+            *_duplicates([c.name for c in self.time_conditions], "time condition name",
+                         lambda i: ("time_conditions", i, "name")),
+            *_duplicates([v.name for v in self.ivrs], "IVR name",
+                         lambda i: ("ivrs", i, "name")),
         ]
+        # Patterns compared as written: _55501XX twice is a mistake; _5550XXX beside it not.
+        patterns = [(i, r.pattern) for i, r in enumerate(self.inbound_routes) if r.pattern]
+        problems.extend(_duplicates([p for _, p in patterns], "inbound route pattern",
+                                    lambda i: ("inbound_routes", patterns[i][0], "pattern")))
+        for index, context in enumerate(self.dialplan_contexts):
+            if not CONTEXT_RE.fullmatch(context) or context.startswith("omnicc"):
+                problems.append((("dialplan_contexts", index),
+                                 f"{context!r} is not a dialplan context name (letters, digits, "
+                                 "'-' and '_', not omnicc's own)"))
         extensions = {a.extension for a in self.agents}
         queues = {q.name for q in self.queues}
+        named = {"ivr": {v.name for v in self.ivrs},
+                 "time_condition": {c.name for c in self.time_conditions},
+                 "context": set(self.dialplan_contexts)}
+        what_named = {"ivr": "IVRs", "time_condition": "time conditions",
+                      "context": "dialplan_contexts"}
 
         def check(dest: Destination | None, where: tuple[Any, ...], what: str) -> None:
             if dest is None:
@@ -449,10 +695,31 @@ class Tenant(_Strict):
             if dest.kind == "queue" and dest.target not in queues:
                 problems.append((where, f"{what} goes to queue {dest.target}, "
                                         "which is not among this tenant's queues"))
+            if dest.kind in named and dest.target not in named[dest.kind]:
+                problems.append((where, f"{what} goes to {dest.kind.replace('_', ' ')} "
+                                        f"{dest.target}, which is not among this tenant's "
+                                        f"{what_named[dest.kind]}"))
 
         for index, route in enumerate(self.inbound_routes):
             check(route.destination, ("inbound_routes", index, "destination"),
-                  f"inbound route {route.did}")
+                  f"inbound route {route.match}")
+        check(self.blacklist.destination, ("blacklist", "destination"),
+              "the blacklist destination")
+        groups = {g.name for g in self.time_groups}
+        for index, condition in enumerate(self.time_conditions):
+            if condition.time_group not in groups:
+                problems.append((("time_conditions", index, "time_group"),
+                                 f"time condition {condition.name} uses time group "
+                                 f"{condition.time_group}, which is not among this tenant's "
+                                 "time groups"))
+            for key in ("matched", "unmatched"):
+                check(getattr(condition, key), ("time_conditions", index, key),
+                      f"the {key} destination of time condition {condition.name}")
+        for index, ivr in enumerate(self.ivrs):
+            for key, dest in ivr.options.items():
+                check(dest, ("ivrs", index, "options", key),
+                      f"option {key} of IVR {ivr.name}")
+            check(ivr.default, ("ivrs", index, "default"), f"the default of IVR {ivr.name}")
         for index, queue in enumerate(self.queues):
             for key in ("failover", "overflow"):
                 dest = getattr(queue, key)
@@ -473,6 +740,8 @@ class Tenant(_Strict):
                         ("queues", index, "members", m_index, "agent"),
                         f"queue {queue.name} member {member.agent} is not among this "
                         "tenant's agents"))
+        if not problems:  # a cycle among names that are not there means nothing
+            problems.extend(_cycles_without_input(self))
         _raise_problems(problems)
         return self
 
@@ -484,8 +753,30 @@ class Tenant(_Strict):
         # A dict: the KEMI script asks on every authenticated request.
         return self._agents_by_extension.get(extension)
 
+    @functools.cached_property
+    def _routes_by_did(self) -> dict[str, InboundRoute]:
+        return {r.did: r for r in self.inbound_routes if r.did is not None}
+
+    @functools.cached_property
+    def _route_patterns(self) -> PatternTable[InboundRoute]:
+        return PatternTable((r.pattern, r) for r in self.inbound_routes if r.pattern)
+
     def inbound_route(self, did: str) -> InboundRoute | None:
-        return next((r for r in self.inbound_routes if r.did == did), None)
+        """The route of `did`: its exact route, else the best pattern's (Asterisk's order)."""
+        exact = self._routes_by_did.get(did)
+        if exact is not None:
+            return exact
+        found = self._route_patterns.lookup(did)
+        return found[1] if found else None
+
+    def time_condition(self, name: str) -> TimeConditionConfig | None:
+        return next((c for c in self.time_conditions if c.name == name), None)
+
+    def time_group(self, name: str) -> TimeGroupConfig | None:
+        return next((g for g in self.time_groups if g.name == name), None)
+
+    def ivr(self, name: str) -> Ivr | None:
+        return next((v for v in self.ivrs if v.name == name), None)
 
     def queue(self, name: str) -> Queue | None:
         return next((q for q in self.queues if q.name == name), None)
@@ -629,6 +920,51 @@ def _leads_back(queues: list[Queue], start: str) -> bool:
             seen.add(name)
             todo.extend(next_queues(name))
     return False
+
+
+def _cycles_without_input(tenant: Tenant) -> list[Problem]:
+    """A problem for every time condition or IVR from which destinations that need no
+    caller input (a time condition's two, an IVR's default, a queue's failover and
+    overflow) lead back to it: the call would go round for ever. Through an IVR option
+    (the caller keyed it) a loop is a menu, and fine."""
+    queues = {q.name: q for q in tenant.queues}
+    conditions = {c.name: c for c in tenant.time_conditions}
+    ivrs = {v.name: v for v in tenant.ivrs}
+
+    def onward(node: tuple[str, str]) -> list[Destination]:
+        kind, name = node
+        if kind == "time_condition" and name in conditions:
+            return [conditions[name].matched, conditions[name].unmatched]
+        if kind == "ivr" and name in ivrs:
+            return [ivrs[name].default]
+        if kind == "queue" and name in queues:
+            return [d for d in (queues[name].failover, queues[name].overflow) if d is not None]
+        return []
+
+    def path_back(start: tuple[str, str]) -> list[tuple[str, str]] | None:
+        todo = [(start, [start])]
+        seen = set()
+        while todo:
+            node, path = todo.pop()
+            for dest in onward(node):
+                nxt = (dest.kind, dest.target)
+                if nxt == start:
+                    return path + [nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append((nxt, path + [nxt]))
+        return None
+
+    problems: list[Problem] = []
+    for key, kind, items in (("time_conditions", "time_condition", tenant.time_conditions),
+                             ("ivrs", "ivr", tenant.ivrs)):
+        for index, item in enumerate(items):
+            path = path_back((kind, item.name))
+            if path is not None:
+                shown = " -> ".join(f"{k}:{n}" for k, n in path)
+                problems.append(((key, index, "name"), f"{shown} loops without the caller "
+                                                       "keying anything"))
+    return problems
 
 
 def _member_path(queue_index: int) -> Callable[[int], tuple[Any, ...]]:

@@ -3,10 +3,18 @@ dialled asks for. Pure logic, no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
-from omnicc.config import Destination, OmniccConfig, Tenant
+from omnicc.config import Destination, Ivr, OmniccConfig, Tenant
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class RoutingError(Exception):
@@ -14,10 +22,21 @@ class RoutingError(Exception):
 
 
 @dataclass(frozen=True)
+class TimeStep:
+    """A time condition the call went through: its outcome, for the event stream."""
+
+    condition: str
+    time_group: str
+    matched: bool
+    local_time: str  # the group's wall clock, ISO 8601 with its offset
+    destination: str  # where the outcome sent the call, as the config writes it
+
+
+@dataclass(frozen=True)
 class InboundDecision:
     tenant: str
     did: str
-    destination: str  # agent | queue | hangup
+    destination: str  # agent | queue | hangup | busy | ivr | context
     agent: str = ""   # the agent extension, for agent destinations
     dial: str = ""    # the Asterisk Dial() target, built from the config only
     queue: str = ""   # the queue name, for queue destinations
@@ -25,6 +44,16 @@ class InboundDecision:
     # The caller's priority in the queue; None leaves the channel's as it is (a failover
     # from one queue to another keeps the priority its route gave the call).
     priority: int | None = None
+    # An IVR destination: the menu, what the dialplan plays and how it reads the entry.
+    ivr: str = ""
+    ivr_prompt: str = ""
+    ivr_max_digits: int = 0
+    ivr_timeout: int = 0
+    # A context destination: the admin's context (declared in the config) and extension.
+    context: str = ""
+    context_exten: str = ""
+    # The time conditions passed through on the way, in order.
+    steps: tuple[TimeStep, ...] = ()
 
 
 def agent_dial(tenant: Tenant, extension: str) -> str:
@@ -33,30 +62,119 @@ def agent_dial(tenant: Tenant, extension: str) -> str:
 
 
 def decide_destination(tenant: Tenant, did: str, dest: Destination,
-                       priority: int | None = None) -> InboundDecision:
-    """Where `dest` (an inbound route's, a queue's failover or overflow) sends the call;
-    `priority` for a queue destination (None: keep the call's)."""
+                       priority: int | None = None, clock: Clock = system_clock
+                       ) -> InboundDecision:
+    """Where `dest` (an inbound route's, a queue's failover or overflow, an IVR option)
+    sends the call; `priority` for a queue destination (None: keep the call's). Time
+    conditions are decided here on `clock` (the config refuses cycles among them)."""
+    steps: list[TimeStep] = []
+    while dest.kind == "time_condition":
+        if len(steps) > len(tenant.time_conditions):
+            raise RoutingError(f"time conditions of tenant {tenant.name} loop")
+        dest, step = _pass_time_condition(tenant, dest.target, clock)
+        steps.append(step)
+    common = {"tenant": tenant.name, "did": did, "steps": tuple(steps)}
     if dest.kind == "agent":
-        return InboundDecision(tenant=tenant.name, did=did, destination="agent",
-                               agent=dest.target, dial=agent_dial(tenant, dest.target))
+        return InboundDecision(destination="agent", agent=dest.target,
+                               dial=agent_dial(tenant, dest.target), **common)
     if dest.kind == "queue":
         queue = tenant.queue(dest.target)
         if queue is None:
             raise RoutingError(f"no queue {dest.target!r} in tenant {tenant.name}")
-        return InboundDecision(tenant=tenant.name, did=did, destination="queue",
-                               queue=dest.target, moh_class=queue.moh_class or "",
-                               priority=priority)
-    return InboundDecision(tenant=tenant.name, did=did, destination=dest.kind)
+        return InboundDecision(destination="queue", queue=dest.target,
+                               moh_class=queue.moh_class or "", priority=priority, **common)
+    if dest.kind == "ivr":
+        ivr = tenant.ivr(dest.target)
+        if ivr is None:
+            raise RoutingError(f"no IVR {dest.target!r} in tenant {tenant.name}")
+        return InboundDecision(destination="ivr", ivr=ivr.name, ivr_prompt=ivr.prompt,
+                               ivr_max_digits=ivr.max_digits,
+                               ivr_timeout=ivr.timeout_seconds, **common)
+    if dest.kind == "context":
+        if dest.target not in tenant.dialplan_contexts:
+            raise RoutingError(f"context {dest.target!r} is not declared in tenant "
+                               f"{tenant.name}")
+        return InboundDecision(destination="context", context=dest.target,
+                               context_exten=dest.exten or "s", **common)
+    return InboundDecision(destination=dest.kind, **common)
 
 
-def decide_inbound(config: OmniccConfig, tenant_name: str, did: str) -> InboundDecision:
+def _pass_time_condition(tenant: Tenant, name: str,
+                         clock: Clock) -> tuple[Destination, TimeStep]:
+    condition = tenant.time_condition(name)
+    if condition is None:
+        raise RoutingError(f"no time condition {name!r} in tenant {tenant.name}")
+    group = tenant.time_group(condition.time_group)
+    if group is None:
+        raise RoutingError(f"no time group {condition.time_group!r} in tenant {tenant.name}")
+    now = clock()
+    matched = group.group.contains(now)
+    dest = condition.matched if matched else condition.unmatched
+    return dest, TimeStep(condition=name, time_group=group.name, matched=matched,
+                          local_time=group.group.local_time(now).isoformat(),
+                          destination=str(dest))
+
+
+def decide_inbound(config: OmniccConfig, tenant_name: str, did: str,
+                   clock: Clock = system_clock) -> InboundDecision:
     tenant = config.tenant(tenant_name)
     if tenant is None:
         raise RoutingError(f"unknown tenant {tenant_name!r}")
     route = tenant.inbound_route(did)
     if route is None:
         raise RoutingError(f"no inbound route for DID {did!r} in tenant {tenant.name}")
-    return decide_destination(tenant, did, route.destination, route.priority)
+    return decide_destination(tenant, did, route.destination, route.priority, clock)
+
+
+class IvrOutcome(StrEnum):
+    OPTION = "option"    # the entry is one of the menu's options
+    INVALID = "invalid"  # an entry that is none
+    TIMEOUT = "timeout"  # no entry before the timeout
+
+
+@dataclass(frozen=True)
+class IvrStep:
+    """What an IVR does with one entry: play the menu again (`retry`, after `notice` when
+    not empty), or send the call on (`decision`)."""
+
+    ivr: str
+    entry: str
+    attempt: int
+    outcome: IvrOutcome
+    retry: bool
+    notice: str = ""
+    destination: str = ""  # where the call goes on, as the config writes it
+    decision: InboundDecision | None = None
+
+
+# What Read() can hand over: DTMF digits. Anything else is no option, whatever it says.
+_DTMF = frozenset("0123456789*#ABCD")
+
+
+def decide_ivr_entry(tenant: Tenant, ivr_name: str, entry: str, attempt: int, did: str,
+                     clock: Clock = system_clock) -> IvrStep:
+    """The caller keyed `entry` ("" : nothing before the timeout) at the `attempt`-th
+    playing of IVR `ivr_name` (1 the first)."""
+    ivr = tenant.ivr(ivr_name)
+    if ivr is None:
+        raise RoutingError(f"no IVR {ivr_name!r} in tenant {tenant.name}")
+    if attempt < 1:
+        raise RoutingError(f"IVR {ivr_name}: attempt {attempt} is not 1 or more")
+    dest = ivr.options.get(entry) if set(entry) <= _DTMF else None
+    if dest is not None:
+        return _ivr_on(tenant, ivr, entry, attempt, IvrOutcome.OPTION, dest, did, clock)
+    outcome = IvrOutcome.INVALID if entry else IvrOutcome.TIMEOUT
+    if attempt <= ivr.retries:
+        return IvrStep(ivr=ivr.name, entry=entry, attempt=attempt, outcome=outcome,
+                       retry=True, notice=ivr.invalid_prompt if entry else "")
+    return _ivr_on(tenant, ivr, entry, attempt, outcome, ivr.default, did, clock)
+
+
+def _ivr_on(tenant: Tenant, ivr: Ivr, entry: str, attempt: int, outcome: IvrOutcome,
+            dest: Destination, did: str, clock: Clock) -> IvrStep:
+    return IvrStep(ivr=ivr.name, entry=entry, attempt=attempt, outcome=outcome, retry=False,
+                   destination=str(dest),
+                   decision=decide_destination(tenant, did, dest, clock=clock))
 
 
 def decide_agent_call(config: OmniccConfig, tenant_name: str, caller: str,

@@ -1,54 +1,114 @@
 """`inbound_route?did=&tenant=&trunk=`: where does a call to this DID go?
 
-Sets OMNICC_DEST (agent | queue | hangup), OMNICC_AGENT and OMNICC_DIAL for agent
-destinations, OMNICC_QUEUE, OMNICC_QUEUE_MOH and OMNICC_PRIORITY for queue destinations,
-and OMNICC_STATUS (OK, or ERROR so the dialplan takes the failover path, with
-OMNICC_CAUSE the Q.850 cause to hang up with).
-Every decision is appended to the tenant's event stream.
+First the caller's number is checked against the tenant's blacklist (Redis): a listed
+caller goes to the tenant's blacklist destination (default: hung up, 403). Otherwise the
+DID's route (exact, else the best pattern) decides, through any time conditions.
+
+Sets OMNICC_DEST (agent | queue | hangup | busy | ivr | context) and what the destination
+needs (agi/handlers/route_answers.py), and OMNICC_STATUS (OK, or ERROR so the dialplan
+takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang up with; a Redis error
+on the blacklist check leaves the cause empty: 503, the carrier tries elsewhere).
+Every decision is appended to the tenant's event stream: call_blacklisted, one
+time_condition per time condition passed, call_routed (or call_unrouted).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from agi.handlers.route_answers import answer_decision, answer_unrouted
+from redis.exceptions import RedisError
+
+from agi.handlers.route_answers import Q850_NO_CIRCUIT, answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
-from omnicc.routing import InboundDecision, RoutingError, decide_inbound
+from omnicc.routing import (
+    Clock,
+    InboundDecision,
+    RoutingError,
+    decide_destination,
+    decide_inbound,
+    system_clock,
+)
 
 log = logging.getLogger("omnicc.agi.inbound_route")
 
+# (tenant, caller number) -> the reason it is blacklisted ("" when none given), or None.
+BlacklistCheck = Callable[[str, str], Awaitable[str | None]]
+
 
 class InboundRoute:
-    def __init__(self, config: OmniccConfig, events: EventLog):
+    def __init__(self, config: OmniccConfig, events: EventLog,
+                 blacklist: BlacklistCheck | None = None, clock: Clock = system_clock):
         self._config = config
         self._events = events
+        self._blacklist = blacklist
+        self._clock = clock
 
     async def __call__(self, session: AGISession) -> None:
         req = session.request
-        tenant = req.params.get("tenant", "")
+        tenant_name = req.params.get("tenant", "")
         did = req.params.get("did", "")
         common = {
             "uniqueid": req.uniqueid, "did": did, "trunk": req.params.get("trunk", ""),
             "caller": req.callerid, "channel": req.channel,
         }
+        tenant = self._config.tenant(tenant_name)
         try:
-            decision = decide_inbound(self._config, tenant, did)
+            if tenant is not None and self._blacklist is not None:
+                reason = await self._blacklist(tenant.name, req.callerid)
+                if reason is not None:
+                    dest = tenant.blacklist.destination
+                    decision = decide_destination(tenant, did, dest, clock=self._clock)
+                    await self._events.append(
+                        tenant.name, "call_blacklisted", reason=reason,
+                        destination=str(dest), **common)
+                    await self._routed(decision, "blacklist", common)
+                    await answer_decision(session, decision)
+                    return
+            decision = decide_inbound(self._config, tenant_name, did, self._clock)
+        except RedisError as exc:
+            log.error("call %s: blacklist check failed: %s", req.uniqueid, exc)
+            await answer_unrouted(session, f"blacklist check failed: {exc}", Q850_NO_CIRCUIT)
+            return
         except RoutingError as exc:
             log.warning("call %s not routed: %s", req.uniqueid, exc)
-            if self._config.tenant(tenant) is not None:
-                await self._events.append(tenant, "call_unrouted", reason=str(exc), **common)
+            if tenant is not None:
+                await self._events.append(tenant.name, "call_unrouted", reason=str(exc),
+                                          **common)
             await answer_unrouted(session, str(exc))
             return
-        await self._events.append(
-            decision.tenant, "call_routed", destination=decision.destination,
-            agent=decision.agent, **_queue_fields(decision), **common,
-        )
+        route = tenant.inbound_route(did) if tenant is not None else None
+        await self._routed(decision, route.match if route else "", common)
         await answer_decision(session, decision)
 
+    async def _routed(self, decision: InboundDecision, route: str,
+                      common: dict[str, Any]) -> None:
+        await append_steps(self._events, decision, common)
+        await self._events.append(
+            decision.tenant, "call_routed", route=route, destination=decision.destination,
+            agent=decision.agent, **destination_fields(decision), **common,
+        )
 
-def _queue_fields(decision: InboundDecision) -> dict[str, str]:
-    if not decision.queue:
-        return {}
-    return {"queue": decision.queue, "priority": str(decision.priority or 0)}
+
+async def append_steps(events: EventLog, decision: InboundDecision,
+                       common: dict[str, Any]) -> None:
+    """One time_condition event for each time condition the decision went through."""
+    for step in decision.steps:
+        await events.append(
+            decision.tenant, "time_condition", condition=step.condition,
+            time_group=step.time_group, matched="1" if step.matched else "0",
+            local_time=step.local_time, next=step.destination, **common)
+
+
+def destination_fields(decision: InboundDecision) -> dict[str, str]:
+    """The fields of where the call went, beyond `destination` and `agent`."""
+    if decision.queue:
+        return {"queue": decision.queue, "priority": str(decision.priority or 0)}
+    if decision.ivr:
+        return {"ivr": decision.ivr}
+    if decision.context:
+        return {"context": decision.context, "context_exten": decision.context_exten}
+    return {}

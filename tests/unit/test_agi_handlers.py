@@ -105,7 +105,8 @@ def test_a_routed_did_sets_the_agent_variables_and_records_call_routed(
     # STATUS comes last: a handler that fails half-way never leaves OK behind.
     assert record.commands[-1] == ("SET", "VARIABLE", "OMNICC_STATUS", "OK")
     assert events.events == [RecordedEvent("default", "call_routed", {
-        "destination": "agent", "agent": "1001", "uniqueid": UNIQUEID, "did": "5550100",
+        "route": "5550100", "destination": "agent", "agent": "1001", "uniqueid": UNIQUEID,
+        "did": "5550100",
         "trunk": "demo-carrier", "caller": CALLER, "channel": CHANNEL,
     })]
 
@@ -235,7 +236,7 @@ def test_build_routes_answers_exactly_the_dialplans_scripts(
     config: OmniccConfig, events: MemoryEventLog
 ) -> None:
     routes = build_routes(config, as_event_log(events))
-    assert set(routes) == {"health", "inbound_route", "call_end", "agent_call"}
+    assert set(routes) == {"health", "inbound_route", "ivr_entry", "call_end", "agent_call"}
     assert routes["health"] is health
     assert isinstance(routes["inbound_route"], InboundRoute)
     assert isinstance(routes["call_end"], CallEnd)

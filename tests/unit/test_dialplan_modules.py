@@ -26,6 +26,7 @@ APPLICATION_MODULES = {
     "Hangup": "core",
     "MixMonitor": "app_mixmonitor.so",
     "Playback": "app_playback.so",
+    "Read": "app_read.so",
     "Progress": "core",
     "Return": "app_stack.so",
     "SayNumber": "core",
