@@ -31,11 +31,18 @@ from agi.handlers.call_end import CallEnd
 from agi.handlers.health import health
 from agi.handlers.inbound_route import BlacklistCheck, InboundRoute
 from agi.handlers.ivr import IvrEntry
+from agi.handlers.outbound_call import (
+    HeldTrunkChannels,
+    OutboundCalls,
+    OutboundEnd,
+    OutboundResult,
+)
 from agi.handlers.queue_call import QueueAnswer, QueueCall, QueueEnd, QueueResult, QueueStore
 from agi.handlers.queue_setup import sync_queues
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
 from omnicc.blacklist import check_caller_async
+from omnicc.channel_limit import AsyncChannelLimits
 from omnicc.config import ConfigError, OmniccConfig, load_config
 from omnicc.events import EventLog
 
@@ -46,16 +53,21 @@ QUEUE_SYNC_RETRY_SECONDS = 2.0
 
 def build_routes(config: OmniccConfig, events: EventLog,
                  acd: QueueStore | None = None,
-                 blacklist: BlacklistCheck | None = None) -> dict[str, Handler]:
+                 blacklist: BlacklistCheck | None = None, *,
+                 channels: HeldTrunkChannels | None = None) -> dict[str, Handler]:
     """Every AGI script this server answers, by the name the dialplan uses; the queue
     scripts when it has an ACD store; inbound calls checked against `blacklist`."""
+    outbound = OutboundCalls(config, events, channels)
     routes: dict[str, Handler] = {
         "health": health,
         "inbound_route": InboundRoute(config, events, blacklist),
         "ivr_entry": IvrEntry(config, events),
         "call_end": CallEnd(config, events),
-        "agent_call": AgentCall(config, events),
+        "agent_call": AgentCall(config, events, outbound),
     }
+    if channels is not None:  # outbound calls, their trunk channels counted
+        routes.update({"outbound_result": OutboundResult(outbound),
+                       "outbound_end": OutboundEnd(outbound)})
     if acd is not None:
         routes.update({
             "queue_call": QueueCall(config, acd, events),
@@ -92,20 +104,21 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
     client = aioredis.Redis.from_pool(pool)
     events = EventLog(client, config.node)
     acd = AcdStore(client, config.node)
+    channels = HeldTrunkChannels(AsyncChannelLimits(client))
     log = logging.getLogger("omnicc.agi")
     syncing = asyncio.create_task(push_queues(acd, client, config, log))
     tenants = [t.name for t in config.tenants]
     # This node vouches for the connected calls it holds, whether or not it ticks.
     renewer = ConnectedCallRenewer(acd, tenants, renewal_interval(
         [q.call_lease_seconds for t in config.tenants for q in t.queues]))
-    periodic = [asyncio.create_task(renewer.run())]
+    periodic = [asyncio.create_task(renewer.run()), asyncio.create_task(channels.run())]
     if tick_seconds > 0:
         periodic.append(asyncio.create_task(AcdTicker(acd, tenants, tick_seconds).run()))
     async def blacklisted(tenant: str, caller: str) -> str | None:
         return await check_caller_async(client, tenant, caller)
 
-    server = FastAGIServer(build_routes(config, events, acd, blacklisted), host=host,
-                           port=port)
+    routes = build_routes(config, events, acd, blacklisted, channels=channels)
+    server = FastAGIServer(routes, host=host, port=port)
     await server.start()
     log.info("FastAGI server listening on %s:%d", host, server.port)
     stop = asyncio.Event()

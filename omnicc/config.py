@@ -8,6 +8,7 @@ can go straight to the line.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -27,7 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from omnicc import dialpatterns
 from omnicc.dialpatterns import DialPattern, PatternTable
+from omnicc.outbound import (
+    MAX_DIALLED_LENGTH,
+    OutboundPlan,
+    OutboundRefused,
+    OutboundRoute,
+    OutboundRouter,
+    check_dialled_number,
+)
 from omnicc.timeconditions import DateSpec, TimeGroup, TimeRule, load_zone
 
 EXTENSION_RE = re.compile(r"^[0-9]{2,12}$")
@@ -184,6 +194,14 @@ class Trunk(_Strict):
     name: str
     address: str
     port: Port | None = None  # None: any source port from that address
+    # Outbound: where Asterisk sends this trunk's calls (an IP address or a host name) and
+    # on which port; None: the trunk only brings calls in. Asterisk sends them directly
+    # (a PJSIP endpoint per trunk, pjsip.conf.j2), not through Kamailio.
+    dial_host: str | None = None
+    dial_port: Port = 5060
+    # Outbound calls up at once on this trunk, counted across all Asterisk nodes in Redis
+    # (omnicc/channel_limit.py); None: no limit, nothing counted.
+    max_channels: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator("name")
     @classmethod
@@ -200,6 +218,29 @@ class Trunk(_Strict):
         except ValueError as exc:
             raise ValueError(f"not an IP address or subnet: {exc}") from None
         return value
+
+    @field_validator("dial_host")
+    @classmethod
+    def _dial_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        # It is written into pjsip.conf: a host name and nothing else.
+        if not HOST_NAME_RE.fullmatch(value):
+            raise ValueError("dial_host is an IP address or a host name") from None
+        return value
+
+    @property
+    def dial_uri(self) -> str:
+        """Where Asterisk sends this trunk's calls ("" without dial_host)."""
+        if self.dial_host is None:
+            return ""
+        host = f"[{self.dial_host}]" if ":" in self.dial_host else self.dial_host
+        return f"sip:{host}:{self.dial_port}"
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -563,6 +604,84 @@ class BlacklistConfig(_Strict):
         return _destination_value(value)
 
 
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _number_text(value: Any) -> Any:
+    # An unquoted 911 reads as an int; numbers and patterns are text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _checked_number(value: str, what: str) -> str:
+    try:
+        return check_dialled_number(value)
+    except OutboundRefused as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+class OutboundRouteConfig(_Strict):
+    """An outbound route (omnicc/outbound.py): a number matching one of `patterns` (the
+    best match across all routes wins, as in Asterisk) loses `strip` leading characters,
+    gets `prepend` in front and is dialled on `trunks` in turn until one carries it."""
+
+    name: str
+    patterns: list[str] = Field(min_length=1)
+    strip: int = Field(default=0, ge=0, le=MAX_DIALLED_LENGTH)
+    prepend: str = ""
+    trunks: list[str] = Field(min_length=1)
+    caller_id: str = ""  # replaces the agent's number towards the carrier when set
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):
+            raise ValueError("a route name is lower-case letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("patterns", mode="before")
+    @classmethod
+    def _pattern_texts(cls, value: Any) -> Any:
+        return [_number_text(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("prepend", "caller_id", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        return _number_text(value)
+
+    @field_validator("prepend")
+    @classmethod
+    def _prepend(cls, value: str) -> str:
+        if value not in ("", "+"):  # a lone '+' makes a national number E.164
+            _checked_number(value, "prepend")
+        return value
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, value: str) -> str:
+        return _checked_number(value, "caller_id") if value else value
+
+    @model_validator(mode="after")
+    def _route(self) -> OutboundRouteConfig:
+        problems: list[Problem] = []
+        for index, pattern in enumerate(self.patterns):
+            try:
+                compiled = dialpatterns.DialPattern.compile(pattern)
+            except dialpatterns.PatternError as exc:
+                problems.append((("patterns", index), str(exc)))
+                continue
+            if self.strip >= compiled.min_length:
+                problems.append((("strip",), f"strip {self.strip} removes every character of "
+                                             f"a number matching {pattern} (at least "
+                                             f"{compiled.min_length} long)"))
+        problems.extend(_duplicates(self.patterns, "pattern", lambda i: ("patterns", i)))
+        for index, trunk in enumerate(self.trunks):
+            if not NAME_RE.fullmatch(trunk):
+                problems.append((("trunks", index), f"{trunk!r} is not a trunk name"))
+        problems.extend(_duplicates(self.trunks, "trunk", lambda i: ("trunks", i)))
+        _raise_problems(problems)
+        return self
+
+
 class FeatureCodes(_Strict):
     """What an agent dials from its phone to change its own ACD state. The pause code may
     be followed by the digits of one of `pause_reasons`; alone it pauses with
@@ -627,6 +746,10 @@ class Tenant(_Strict):
     domain: str
     agents: list[Agent] = []
     trunks: list[Trunk] = []
+    # Outbound: what an agent dials that is not an agent's extension (docs/routing.md).
+    outbound_routes: list[OutboundRouteConfig] = []
+    # Never refused by do-not-call nor by channel limits; each must match a route.
+    emergency_numbers: list[str] = []
     inbound_routes: list[InboundRoute] = []
     queues: list[Queue] = []
     feature_codes: FeatureCodes = FeatureCodes()
@@ -744,6 +867,72 @@ class Tenant(_Strict):
             problems.extend(_cycles_without_input(self))
         _raise_problems(problems)
         return self
+
+    @field_validator("emergency_numbers", mode="before")
+    @classmethod
+    def _emergency_texts(cls, value: Any) -> Any:
+        return [_number_text(v) for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _outbound(self) -> Tenant:
+        problems = _duplicates([r.name for r in self.outbound_routes], "outbound route name",
+                               lambda i: ("outbound_routes", i, "name"))
+        trunks = {t.name: t for t in self.trunks}
+        for index, route in enumerate(self.outbound_routes):
+            for t_index, name in enumerate(route.trunks):
+                trunk = trunks.get(name)
+                where = ("outbound_routes", index, "trunks", t_index)
+                if trunk is None:
+                    problems.append((where, f"outbound route {route.name} uses trunk {name}, "
+                                            "which is not among this tenant's trunks"))
+                elif trunk.dial_host is None:
+                    problems.append((where, f"outbound route {route.name} uses trunk {name}, "
+                                            "which has no dial_host to send calls to"))
+        for index, number in enumerate(self.emergency_numbers):
+            try:
+                check_dialled_number(number)
+            except OutboundRefused as exc:
+                problems.append((("emergency_numbers", index), str(exc)))
+        problems.extend(_duplicates(self.emergency_numbers, "emergency number",
+                                    lambda i: ("emergency_numbers", i)))
+        if not problems:  # an emergency number must find a route when dialled
+            router = OutboundRouter(self._outbound_routes_by_pattern)
+            problems = [(("emergency_numbers", index),
+                         f"emergency number {number} matches no outbound route")
+                        for index, number in enumerate(self.emergency_numbers)
+                        if router.route_for(number) is None]
+        _raise_problems(problems)
+        return self
+
+    @functools.cached_property
+    def _outbound_routes_by_pattern(self) -> list[OutboundRoute]:
+        # One pure route per pattern, named by its place (p0, p1, ...): a route's name is
+        # unique in omnicc.outbound, so outbound_route_name() maps back to the file's.
+        routes = [(route, pattern) for route in self.outbound_routes
+                  for pattern in route.patterns]
+        return [OutboundRoute(name=f"p{index}", pattern=pattern, trunks=tuple(route.trunks),
+                              strip=route.strip, prepend=route.prepend,
+                              caller_id=route.caller_id)
+                for index, (route, pattern) in enumerate(routes)]
+
+    @functools.cached_property
+    def _outbound_route_names(self) -> dict[str, str]:
+        patterns = [route.name for route in self.outbound_routes for _ in route.patterns]
+        return {f"p{index}": name for index, name in enumerate(patterns)}
+
+    @functools.cached_property
+    def outbound_router(self) -> OutboundRouter:
+        return OutboundRouter(self._outbound_routes_by_pattern, self.emergency_numbers)
+
+    def plan_outbound(self, dialled: object,
+                      do_not_call: Callable[[str], bool] | None = None) -> OutboundPlan:
+        """What to dial for `dialled` (omnicc.outbound.OutboundRouter.plan), naming the
+        route as the file does; OutboundRefused when it is not dialled."""
+        plan = self.outbound_router.plan(dialled, do_not_call)
+        return dataclasses.replace(plan, route=self._outbound_route_names[plan.route])
+
+    def trunk(self, name: str) -> Trunk | None:
+        return next((t for t in self.trunks if t.name == name), None)
 
     @functools.cached_property
     def _agents_by_extension(self) -> dict[str, Agent]:

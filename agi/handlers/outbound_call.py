@@ -1,0 +1,311 @@
+"""Outbound calls: an agent's call to a number that is not an agent's extension.
+
+Three AGI steps on the agent's channel (dialplan/omnicc.conf [omnicc-from-agent]):
+
+- agent_call (agi/handlers/agent_call.py) hands the call to OutboundCalls.start(): the
+  dialled number is checked and routed (Tenant.plan_outbound); refused numbers end with
+  OMNICC_STATUS=ERROR and a cause (484 invalid, 404 no route, 403 do-not-call) and nothing
+  is dialled. Otherwise the first trunk of the route with a free channel is chosen:
+  OMNICC_DEST=outbound, OMNICC_DIAL, OMNICC_OUTBOUND_TRUNK (and CALLERID(num) when the
+  route has a caller_id).
+- `outbound_result?tenant=&dialled=&agent=&trunk=&dialstatus=` after each Dial() that
+  returned: the trunk's SIP response (HANGUPCAUSE(<channel>,tech)) and decide_after_dial()
+  say whether the next trunk is tried (OMNICC_OUTBOUND_NEXT=dial and a new OMNICC_DIAL) or
+  the call ends with OMNICC_CAUSE (busy 486 stays busy: never another carrier).
+- `outbound_end?tenant=&trunk=` from the hang-up handler: the trunk channel is released.
+
+The plan is made again from the config at each step, never carried in channel variables
+a caller could influence. Trunks with max_channels are counted across all Asterisk nodes
+(omnicc/channel_limit.py) while a call holds them; emergency numbers are never refused by
+the limit (counted over it). Every decision is appended to the tenant's event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from redis.exceptions import RedisError
+
+from agi.protocol import AGISession
+from omnicc.channel_limit import ChannelGrant, Renewal
+from omnicc.config import OmniccConfig, Tenant
+from omnicc.events import EventLog
+from omnicc.outbound import (
+    NextStep,
+    OutboundPlan,
+    OutboundRefused,
+    decide_after_dial,
+    sip_code_from_cause,
+)
+from omnicc.outbound_call import (
+    Q850_NO_CIRCUIT,
+    REFUSAL_CAUSES,
+    dialled_trunk_channel,
+    stop_cause,
+    trunk_dial,
+    trunks_after,
+)
+
+log = logging.getLogger("omnicc.agi.outbound")
+
+# What an event shows of a dialled string (one refused may be hundreds of characters).
+SHOWN_DIALLED = 64
+
+
+class ChannelStore(Protocol):
+    """What outbound calls need of omnicc.channel_limit.AsyncChannelLimits."""
+
+    lease_ms: int
+
+    async def acquire(self, tenant: str, trunk: str, channel: str, limit: int,
+                      force: bool = False) -> ChannelGrant: ...
+
+    async def release(self, tenant: str, trunk: str, channel: str) -> bool: ...
+
+    async def renew_many(self, tenant: str, trunk: str, channels: list[str]) -> Renewal: ...
+
+
+class HeldTrunkChannels:
+    """The trunk channels this node's calls hold. A call sits in Dial() with no AGI session
+    for as long as it lasts, so the server renews their leases itself, every third of a
+    lease; a node that dies stops renewing and its channels leave the count at lease end."""
+
+    def __init__(self, store: ChannelStore):
+        self._store = store
+        self._held: dict[tuple[str, str], set[str]] = {}
+
+    @property
+    def renew_interval(self) -> float:
+        return self._store.lease_ms / 3000
+
+    def held(self, tenant: str, trunk: str) -> frozenset[str]:
+        return frozenset(self._held.get((tenant, trunk), ()))
+
+    async def acquire(self, tenant: str, trunk: str, channel: str, limit: int,
+                      force: bool = False) -> ChannelGrant:
+        grant = await self._store.acquire(tenant, trunk, channel, limit, force)
+        if grant.acquired:
+            self._held.setdefault((tenant, trunk), set()).add(channel)
+        return grant
+
+    async def release(self, tenant: str, trunk: str, channel: str) -> bool:
+        held = self._held.get((tenant, trunk))
+        if held is not None:
+            held.discard(channel)
+            if not held:
+                del self._held[(tenant, trunk)]
+        return await self._store.release(tenant, trunk, channel)
+
+    async def renew_all(self) -> int:
+        """Renews every held channel's lease, one script per trunk; how many."""
+        renewed = 0
+        for (tenant, trunk), channels in list(self._held.items()):
+            if channels:
+                renewal = await self._store.renew_many(tenant, trunk, sorted(channels))
+                renewed += len(channels)
+                if renewal.lapsed:
+                    log.warning("trunk %s/%s: leases of %s had lapsed; counted again",
+                                tenant, trunk, ", ".join(renewal.lapsed))
+        return renewed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_interval)
+            try:
+                await self.renew_all()
+            except RedisError as exc:
+                log.error("cannot renew trunk channel leases: %s", exc)
+
+
+class OutboundCalls:
+    """The outbound steps, shared by agent_call, outbound_result and outbound_end."""
+
+    def __init__(self, config: OmniccConfig, events: EventLog,
+                 channels: HeldTrunkChannels | None):
+        self._config = config
+        self._events = events
+        # None: no Redis to count channels in (unit tests of routing alone); max_channels
+        # is then not enforced.
+        self._channels = channels
+
+    async def start(self, session: AGISession, tenant: Tenant, agent: str,
+                    dialled: str) -> None:
+        req = session.request
+        common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
+        shown = dialled[:SHOWN_DIALLED]
+        try:
+            plan = tenant.plan_outbound(dialled)
+        except OutboundRefused as exc:
+            log.info("outbound call %s refused: %s", req.uniqueid, exc)
+            await self._events.append(tenant.name, "outbound_refused", dialled=shown,
+                                      refusal=exc.refusal.value, reason=str(exc), **common)
+            await _fail(session, str(exc), REFUSAL_CAUSES[exc.refusal])
+            return
+        await self._events.append(
+            tenant.name, "outbound_routed", dialled=plan.dialled, route=plan.route,
+            number=plan.number, trunks=",".join(plan.trunks), caller_id=plan.caller_id,
+            emergency="1" if plan.emergency else "0", **common)
+        await session.set_variable("OMNICC_DEST", "outbound")
+        if plan.caller_id:  # the route's number towards the carrier, from the config
+            await session.set_variable("CALLERID(num)", plan.caller_id)
+        if await self._dial_first_free(session, tenant, plan, plan.trunks, common):
+            await session.set_variable("OMNICC_STATUS", "OK")
+
+    async def after_dial(self, session: AGISession) -> None:
+        req = session.request
+        p = req.params
+        tenant = self._config.tenant(p.get("tenant", ""))
+        agent, trunk = p.get("agent", ""), p.get("trunk", "")
+        if tenant is None:
+            log.error("outbound_result for unknown tenant %r (uniqueid %s)",
+                      p.get("tenant", ""), req.uniqueid)
+            await _stop(session, Q850_NO_CIRCUIT)
+            return
+        common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
+        try:
+            plan = tenant.plan_outbound(p.get("dialled", ""))
+            remaining = trunks_after(plan, trunk)
+        except (OutboundRefused, ValueError) as exc:
+            # The dialplan only asks about calls agent_call routed: a bug, not a caller.
+            log.error("outbound_result %s: %s", req.uniqueid, exc)
+            await self._release(tenant, trunk, req.uniqueid)
+            await _stop(session, Q850_NO_CIRCUIT)
+            return
+        await self._release(tenant, trunk, req.uniqueid)
+
+        tech_cause, trunk_cause = await _trunk_causes(session, tenant.name, trunk)
+        sip_code = sip_code_from_cause(tech_cause)
+        dialstatus = p.get("dialstatus", "")
+        try:
+            decision = decide_after_dial(dialstatus, trunk_cause, sip_code)
+        except ValueError as exc:
+            log.error("outbound_result %s: %s", req.uniqueid, exc)
+            await _stop(session, Q850_NO_CIRCUIT)
+            return
+        await self._events.append(
+            tenant.name, "outbound_dial_result", route=plan.route, trunk=trunk,
+            dialstatus=dialstatus, sip_code="" if sip_code is None else str(sip_code),
+            cause="" if trunk_cause is None else str(trunk_cause),
+            decision=decision.step.value, reason=decision.reason, **common)
+        if decision.step is NextStep.TRY_NEXT_TRUNK and remaining:
+            if await self._dial_first_free(session, tenant, plan, remaining, common):
+                await session.set_variable("OMNICC_OUTBOUND_NEXT", "dial")
+            return
+        if decision.step is NextStep.TRY_NEXT_TRUNK:
+            await self._events.append(tenant.name, "outbound_failed", route=plan.route,
+                                      reason="all_trunks_failed", **common)
+        await _stop(session, stop_cause(decision, trunk_cause))
+
+    async def end(self, session: AGISession) -> None:
+        p = session.request.params
+        tenant = self._config.tenant(p.get("tenant", ""))
+        if tenant is not None and p.get("trunk"):
+            await self._release(tenant, p["trunk"], session.request.uniqueid)
+
+    async def _dial_first_free(self, session: AGISession, tenant: Tenant,
+                               plan: OutboundPlan, candidates: tuple[str, ...],
+                               common: dict[str, str]) -> bool:
+        """Sets OMNICC_DIAL for the first of `candidates` with a free channel and says
+        True; else ends the call with 503 (no circuit) and says False."""
+        channel = session.request.uniqueid
+        for trunk_name in candidates:
+            trunk = tenant.trunk(trunk_name)
+            assert trunk is not None  # the config refuses routes naming unknown trunks
+            if trunk.max_channels and self._channels is not None:
+                try:
+                    grant = await self._channels.acquire(
+                        tenant.name, trunk.name, channel, trunk.max_channels,
+                        force=plan.emergency)
+                except RedisError as exc:
+                    if not plan.emergency:
+                        log.error("trunk %s: cannot count channels: %s", trunk.name, exc)
+                        await self._events.append(tenant.name, "outbound_failed",
+                                                  route=plan.route, reason="redis_error",
+                                                  **common)
+                        await _fail(session, f"cannot count channels: {exc}",
+                                    Q850_NO_CIRCUIT)
+                        return False
+                    # An emergency call goes out uncounted rather than not at all.
+                    log.error("trunk %s: emergency call %s dialled uncounted: %s",
+                              trunk.name, channel, exc)
+                else:
+                    if not grant.acquired:
+                        await self._events.append(
+                            tenant.name, "outbound_trunk_full", route=plan.route,
+                            trunk=trunk.name, in_use=str(grant.in_use),
+                            limit=str(grant.limit), **common)
+                        continue
+            try:
+                # Set at once: the hang-up handler releases what this names.
+                await session.set_variable("OMNICC_OUTBOUND_TRUNK", trunk.name)
+                await session.set_variable("OMNICC_DIAL",
+                                           trunk_dial(tenant.name, trunk.name, plan.number))
+            except BaseException:
+                await self._release(tenant, trunk.name, channel)
+                raise
+            await self._events.append(tenant.name, "outbound_trunk_dialled",
+                                      route=plan.route, trunk=trunk.name,
+                                      number=plan.number, **common)
+            return True
+        await self._events.append(tenant.name, "outbound_failed", route=plan.route,
+                                  reason="no_free_trunk", **common)
+        await session.set_variable("OMNICC_OUTBOUND_TRUNK", "")
+        await _fail(session, "every trunk of the route is at its channel limit",
+                    Q850_NO_CIRCUIT)
+        return False
+
+    async def _release(self, tenant: Tenant, trunk_name: str, channel: str) -> None:
+        trunk = tenant.trunk(trunk_name)
+        if trunk is None or not trunk.max_channels or self._channels is None:
+            return
+        try:
+            await self._channels.release(tenant.name, trunk.name, channel)
+        except RedisError as exc:
+            # Its lease ends it in time (this node no longer renews it).
+            log.error("trunk %s: cannot release channel %s: %s", trunk.name, channel, exc)
+
+
+async def _trunk_causes(session: AGISession, tenant: str,
+                        trunk: str) -> tuple[str | None, int | None]:
+    """The trunk channel's SIP response ("SIP 503 Service Unavailable") and Q.850 cause,
+    from HANGUPCAUSE(); (None, None) when Dial() opened no channel on it."""
+    keys = await session.get_variable("HANGUPCAUSE_KEYS()") or ""
+    channel = dialled_trunk_channel(keys, tenant, trunk)
+    if channel is None:
+        return None, None
+    tech = await session.get_variable(f"HANGUPCAUSE({channel},tech)")
+    ast = await session.get_variable(f"HANGUPCAUSE({channel},ast)")
+    cause = int(ast) if ast and ast.isdecimal() and int(ast) <= 127 else None
+    return tech, cause or None
+
+
+async def _fail(session: AGISession, reason: str, cause: int) -> None:
+    await session.set_variable("OMNICC_ERROR", " ".join(reason.split()))
+    await session.set_variable("OMNICC_CAUSE", str(cause))
+    await session.set_variable("OMNICC_STATUS", "ERROR")
+
+
+async def _stop(session: AGISession, cause: int) -> None:
+    await session.set_variable("OMNICC_CAUSE", str(cause))
+
+
+class OutboundResult:
+    """`outbound_result`: after each Dial() on a trunk."""
+
+    def __init__(self, calls: OutboundCalls):
+        self._calls = calls
+
+    async def __call__(self, session: AGISession) -> None:
+        await self._calls.after_dial(session)
+
+
+class OutboundEnd:
+    """`outbound_end`: the hang-up handler gives back the trunk channel."""
+
+    def __init__(self, calls: OutboundCalls):
+        self._calls = calls
+
+    async def __call__(self, session: AGISession) -> None:
+        await self._calls.end(session)
