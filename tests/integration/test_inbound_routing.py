@@ -9,6 +9,10 @@ What the caller sees tells the destinations apart: 486 busy, 403 hangup, 502 for
 custom context (Hangup(27)); once an IVR has answered, the call's end (call_ended, from
 the hang-up handler: the destination and Q.850 cause Asterisk hung up with) and the
 routing events say where it went.
+
+And a company PBX beside omnicc, as docs/pbx-integration.md connects it: a second Asterisk
+configured as that page says, on 127.0.0.6 (its users: SIPp on 127.0.0.7). A PBX user
+reaches a queue, an agent reaches a PBX extension.
 """
 
 from __future__ import annotations
@@ -22,12 +26,20 @@ from pathlib import Path
 import pytest
 
 from omnicc import sipp
-from omnicc.config import load_config
+from omnicc.config import load_config, parse_config
 from omnicc.events import read_events
 from omnicc.sipp import SippRun
-from omnicc.stack import Stack
+from omnicc.stack import AsteriskService, Stack
 
-from .conftest import TRUNK_IP, RunningStack, make_stack_dir, omnicc_cli, write_config
+from .conftest import (
+    DOMAIN,
+    TRUNK_IP,
+    RunningStack,
+    free_ports,
+    make_stack_dir,
+    omnicc_cli,
+    write_config,
+)
 from .test_first_call import final_status, now_id
 
 pytestmark = pytest.mark.integration
@@ -48,8 +60,15 @@ tenants:
       - {{extension: "1001", name: Alice, password: "it-pass-1001"}}
     trunks:
       - {{name: test-carrier, address: {trunk}}}
+      - {{name: pbx, address: 127.0.0.6, dial_host: 127.0.0.6, dial_port: {pbx_port}}}
+    outbound_routes:
+      - {{name: pbx-extensions, patterns: ["_2XXX"], trunks: [pbx]}}
+    queues:
+      # Nobody logs in: a call overflows to the failover at once.
+      - {{name: pbx-callers, members: [{{agent: "1001"}}], failover: busy}}
     dialplan_contexts: [it-custom]
     inbound_routes:
+      - {{did: "7000", destination: "queue:pbx-callers"}}
       - {{pattern: "_55502XX", destination: "busy"}}
       - {{did: "5550201", destination: "hangup"}}
       - {{did: "5550300", destination: "time_condition:always-open"}}
@@ -86,12 +105,15 @@ exten => 7,1,Hangup(27)
 """
 
 SIPP_CAPTURES = Path("/usr/share/sip-tester")
+PBX_IP = "127.0.0.6"
+PBX_USER_IP = "127.0.0.7"
+[PBX_PORT] = free_ports(1, PBX_IP)
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[RunningStack]:
     directory = make_stack_dir("omnicc-it-routing-")
-    config_path = write_config(directory, "routing", ROUTING_CONFIG)
+    config_path = write_config(directory, "routing", ROUTING_CONFIG, pbx_port=PBX_PORT)
     custom = directory / "var" / "etc" / "asterisk" / "extensions_custom.conf"
     custom.parent.mkdir(parents=True)
     custom.write_text(CUSTOM_DIALPLAN)
@@ -267,3 +289,132 @@ def test_no_entry_times_out_twice_then_the_default(stack: RunningStack,
     events = ivr_call(stack, sipp_dir, None)
     assert entries(events) == [("", "1", "timeout", "1"), ("", "2", "timeout", "0")]
     assert only(events, "call_ended")["destination"] == "hangup"
+
+
+# ---------------------------------------------------------------------------- a PBX beside
+
+
+# docs/pbx-integration.md's PBX side, with this stack's addresses.
+PBX_PJSIP = """\
+[transport-udp]
+type = transport
+protocol = udp
+bind = {pbx_ip}:{pbx_port}
+
+[omnicc]
+type = endpoint
+context = from-omnicc
+disallow = all
+allow = ulaw,alaw
+aors = omnicc
+direct_media = no
+dtmf_mode = rfc4733
+
+[omnicc]
+type = aor
+contact = sip:127.0.0.1:{kamailio_port}
+
+[omnicc]
+type = identify
+endpoint = omnicc
+match = 127.0.0.1
+
+; the PBX's users (SIPp)
+[users]
+type = endpoint
+context = from-internal
+disallow = all
+allow = ulaw
+direct_media = no
+
+[users]
+type = identify
+endpoint = users
+match = {user_ip}
+"""
+
+PBX_EXTENSIONS = """\
+[general]
+static = yes
+
+[from-internal]
+exten => _7XXX,1,Dial(PJSIP/${{EXTEN}}@omnicc)
+ same => n,Hangup(${{HANGUPCAUSE}})
+
+; instead of Dial(PJSIP/${{EXTEN}},30) to a phone: the extension answers, then hangs up
+[from-omnicc]
+exten => _2XXX,1,Answer()
+ same => n,Wait(1)
+ same => n,Hangup()
+"""
+
+
+class PbxAsterisk(AsteriskService):
+    """The company PBX: an Asterisk started as the stack starts its own (same root, same
+    modules), with the PBX-side pjsip.conf and extensions.conf of docs/pbx-integration.md."""
+
+    def __init__(self, stack: Stack, kamailio_port: int):
+        super().__init__(stack)
+        self.kamailio_port = kamailio_port
+
+    def prepare(self) -> None:
+        super().prepare()
+        etc = self.stack.etc_dir / "asterisk"
+        (etc / "omnicc.conf").unlink()
+        (etc / "pjsip.conf").write_text(PBX_PJSIP.format(
+            pbx_ip=PBX_IP, pbx_port=PBX_PORT, kamailio_port=self.kamailio_port,
+            user_ip=PBX_USER_IP))
+        (etc / "extensions.conf").write_text(PBX_EXTENSIONS.format())
+        (etc / "rtp.conf").write_text("[general]\nrtpstart = 30000\nrtpend = 30999\n"
+                                      "icesupport = no\n")
+
+
+@pytest.fixture(scope="module")
+def pbx(stack: RunningStack) -> Iterator[None]:
+    # Only services.listen and the Asterisk port of this config matter: where the PBX binds.
+    config = parse_config(f"""\
+node: pbx
+services: {{listen: {PBX_IP}, asterisk: {{port: {PBX_PORT}}}}}
+tenants: [{{name: pbx, domain: pbx.test}}]
+""")
+    var = stack.directory / "pbx"
+    service = PbxAsterisk(Stack(config, stack.directory / "omnicc.yaml", var),
+                          stack.config.services.kamailio.port)
+    service.start(progress=lambda line: print(line, flush=True))
+    try:
+        yield
+    finally:
+        service.stop(lambda _line: None, timeout=10.0)
+
+
+def test_a_pbx_user_reaches_omnicc_and_an_agent_a_pbx_extension(
+        stack: RunningStack, pbx: None, sipp_dir: Path) -> None:
+    since = now_id()
+    # A PBX user dials 7000: the PBX sends it to Kamailio; omnicc routes it (trunk pbx)
+    # to the queue, which nobody serves: answered, then sent on to its failover (busy).
+    user = sipp.carrier_calls(sipp_dir, proxy=f"{PBX_IP}:{PBX_PORT}", did="7000",
+                              local_ip=PBX_USER_IP, scenario="caller_waits_for_bye.xml",
+                              name="pbx-user")
+    assert user.run(timeout=60) == 0, user.trace()
+    events = events_after(stack, since)
+    routed = only(events, "call_routed")
+    assert (routed["trunk"], routed["route"], routed["destination"], routed["queue"]) == (
+        "pbx", "7000", "queue", "pbx-callers")
+    assert only(events, "call_ended")["cause"] == "17"
+
+    # Agent 1001 dials PBX extension 2001: the outbound route sends it to the PBX, which
+    # takes it as from its omnicc endpoint (identify by the Asterisk node's address),
+    # answers and hangs up. (agent_feature_code.xml: dial, 200, wait for the BYE.)
+    since = now_id()
+    agent = SippRun("agent-dials-pbx", [
+        sipp.sipp_binary(), stack.proxy, "-sf", str(sipp.SCENARIOS / "agent_feature_code.xml"),
+        "-m", "1", "-i", "127.0.0.1", "-p", "0", "-s", "2001", "-au", "1001",
+        "-ap", "it-pass-1001", "-key", "from", "1001", "-key", "domain", DOMAIN,
+        "-key", "claim", "1001", "-timeout", "30s", *sipp._common("agent-dials-pbx", sipp_dir),
+    ], sipp_dir)
+    assert agent.run(timeout=45) == 0, agent.trace()
+    assert "SIP/2.0 200 OK" in agent.first_lines()
+    events = events_after(stack, since)
+    dialled = only(events, "outbound_trunk_dialled")
+    assert (dialled["trunk"], dialled["number"]) == ("pbx", "2001")
+    assert only(events, "call_ended")["dialstatus"] == "ANSWER"
