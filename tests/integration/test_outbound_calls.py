@@ -7,7 +7,9 @@ chosen, first trunk with a free channel) -> Dial PJSIP/<number>@trunk.default.ca
 answers 200 -> the agent hangs up -> hang-up handler AGI outbound_end releases the channel.
 
 Its own stack: the config below gives the tenant two carriers that outbound routes dial
-(dial_host/dial_port: the SIPp carriers' addresses) and a channel limit on carrier A.
+(dial_host/dial_port: the SIPp carriers' addresses) and a channel limit on carrier A. The
+last test starts a second stack with two Asterisk nodes (and two FastAGI servers) on one
+Redis, to show the limit holding across nodes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omnicc.sipp import SippRun
 
 from .conftest import DOMAIN, RunningStack, free_ports, stack_up
 from .test_first_call import PASSWORDS, now_id
+from .test_queue_two_nodes import NodeB
 
 pytestmark = pytest.mark.integration
 
@@ -272,5 +275,79 @@ def test_the_channel_limit_sends_a_second_call_to_the_next_trunk(
     # Both calls are over: the hang-up handler gave carrier A's channel back.
     deadline = time.monotonic() + 5
     while channels_in_use(outbound_stack, "carrier-a"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- two nodes
+
+TWO_NODE_CONFIG = OUTBOUND_CONFIG.replace("""tenants:
+""", """asterisk_nodes:
+  - {{host: 127.0.0.1, port: {asterisk}}}
+  - {{host: 127.0.0.1, port: {asterisk_b}}}
+tenants:
+""", 1)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[tuple[RunningStack, NodeB]]:
+    """Node A (a whole stack whose Kamailio spreads calls over both Asterisk nodes) and
+    node B (another Asterisk and FastAGI server on A's Redis), both dialling the carriers."""
+    asterisk_b, carrier_a, carrier_b = free_ports(3)
+    with stack_up("omnicc-it-outbound-a-", "a", TWO_NODE_CONFIG, asterisk_b=asterisk_b,
+                  carrier_a=carrier_a, carrier_b=carrier_b) as a:
+        b = NodeB(a, asterisk_b)
+        try:
+            b.start()
+            yield a, b
+        finally:
+            b.stop()
+
+
+def test_the_channel_limit_holds_across_two_asterisk_nodes(
+    two_nodes: tuple[RunningStack, NodeB], sipp_dir: Path
+) -> None:
+    """Carrier A sells one channel. A call through one node holds it; a call that Kamailio
+    sends to the other node finds carrier A full (the count is in Redis) and goes out on
+    carrier B."""
+    stack, _ = two_nodes
+    since = now_id()
+    carrier_a = carrier(stack, sipp_dir, "carrier-a")
+    carrier_b = carrier(stack, sipp_dir, "carrier-b", calls=10)
+    try:
+        time.sleep(0.3)
+        first = agent_dials(stack, sipp_dir, ROUTED, extension="1001", talk_ms=8000,
+                            name="first").start()
+        deadline = time.monotonic() + 15
+        while channels_in_use(stack, "carrier-a") < 1:
+            assert time.monotonic() < deadline, first.trace()
+            time.sleep(0.1)
+        (held,) = named(read_events(stack.redis(), "default", since=since),
+                        "outbound_trunk_dialled")
+        # Kamailio takes the nodes in turn: within a few calls one lands on the other node.
+        other: list[dict[str, str]] = []
+        for attempt in range(3):
+            call = agent_dials(stack, sipp_dir, ROUTED, extension="1002", talk_ms=300,
+                               name=f"other-{attempt}")
+            assert call.run(timeout=60) == 0, call.trace()
+            assert final_status(call) == 200
+            other = [e for e in named(read_events(stack.redis(), "default", since=since),
+                                      "outbound_trunk_full") if e["node"] != held["node"]]
+            if other:
+                break
+        assert first.wait(timeout=60) == 0, first.trace()
+        assert carrier_a.wait(timeout=15) == 0, carrier_a.trace()
+    finally:
+        carrier_a.stop()
+        carrier_b.stop()
+
+    assert held["trunk"] == "carrier-a"
+    assert other, "no call reached the other node"
+    assert (other[0]["trunk"], other[0]["in_use"], other[0]["limit"]) == ("carrier-a", "1", "1")
+    assert {held["node"], other[0]["node"]} == {"it-a", "it-b"}
+    assert len(invites(carrier_a)) == 1
+    assert final_status(first) == 200
+    deadline = time.monotonic() + 5
+    while channels_in_use(stack, "carrier-a"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
