@@ -461,3 +461,15 @@ def test_a_tenant_without_outbound_routes_keeps_the_agent_only_answer() -> None:
     assert (record.variables["OMNICC_STATUS"], record.variables["OMNICC_CAUSE"]) == (
         "ERROR", "1")
     assert harness.events.names() == ["agent_call_unrouted"]
+
+
+def test_the_server_answers_the_outbound_scripts_when_it_counts_channels(
+    config: OmniccConfig,
+) -> None:
+    from agi.app import build_routes
+
+    events = cast(EventLog, MemoryEventLog())
+    routes = build_routes(config, events, channels=HeldTrunkChannels(MemoryChannels()))
+    assert isinstance(routes["outbound_result"], OutboundResult)
+    assert isinstance(routes["outbound_end"], OutboundEnd)
+    assert isinstance(routes["agent_call"], AgentCall)
