@@ -343,3 +343,24 @@ def test_the_ivr_entry_handler_refuses_a_bad_attempt(config: OmniccConfig) -> No
                  tenant="acme", ivr="main", entry="1", attempt="one", did="5550201")
     assert record.variables["OMNICC_STATUS"] == "ERROR"
     assert "not a number" in record.variables["OMNICC_ERROR"]
+
+
+def test_unquoted_yaml_dates_are_read_as_written() -> None:
+    config = parse_config(ROUTING.replace('except_dates: ["12-25"]',
+                                          "except_dates: [2026-11-26]"))
+    group = config.tenant("acme").time_group("weekdays")
+    assert group.except_dates == ["2026-11-26"]
+    assert not group.group.contains(OPEN)  # Thursday 2026-11-26 is now a holiday
+
+
+def test_a_queue_failover_may_go_to_an_ivr_or_a_time_condition() -> None:
+    from omnicc.routing import decide_destination
+
+    config = parse_config(ROUTING.replace(
+        "{name: support, members", '{name: support, failover: "time_condition:office", members'
+    ).replace('unmatched: "queue:support"}', 'unmatched: "busy"}'))
+    tenant = config.tenant("acme")
+    failover = tenant.queue("support").failover
+    assert decide_destination(tenant, "5550250", failover, clock=lambda: OPEN).ivr == "main"
+    assert decide_destination(tenant, "5550250", failover,
+                              clock=lambda: CLOSED).destination == "busy"
