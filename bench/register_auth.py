@@ -115,6 +115,13 @@ DEFAULT_MAX_SHORTFALL = 0.05
 WARMUP_RATE = 200
 # How long the Kamailios are watched doing nothing, before the warm-up.
 IDLE_SECONDS = 5.0
+# After the steps, one more step per side under `perf record` at this rate (0: none):
+# the issue's rate target.
+DEFAULT_PROFILE_RATE = 2000
+# perf's samples per second per CPU (cpu-clock: no hardware counters needed).
+PROFILE_FREQUENCY = 999
+# Shared objects under this share of every profiled side's samples are summed as "other".
+PROFILE_MIN_SHARE = 0.01
 # A call whose next message does not come within this is failed by SIPp (it has
 # retransmitted its REGISTER every 500 ms by then).
 RECV_TIMEOUT_MS = 5000
@@ -260,6 +267,16 @@ def process_stat(pid: int) -> list[str] | None:
 def cpu_seconds(pid: int) -> float:
     fields = process_stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS if fields else 0.0
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = process_stat(int(entry.name))
+            if fields and int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -627,6 +644,68 @@ def requests_per_registration(side: str) -> int:
     return 1 if side in BEARER_SIDES else 2
 
 
+# ---------------------------------------------------------------------------- perf
+
+
+@contextmanager
+def perf_record(pids: Sequence[int], data: Path, log: Path) -> Iterator[None]:
+    """Samples the given processes' CPU (every thread, user and kernel) into `data`."""
+    perf = shutil.which("perf")
+    if perf is None:
+        raise SystemExit("perf is not on PATH (Debian package: linux-perf)")
+    command = [perf, "record", "-q", "-e", "cpu-clock", "-F", str(PROFILE_FREQUENCY),
+               "-p", ",".join(map(str, pids)), "-o", str(data)]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+    time.sleep(0.5)  # attached to every process before the load starts
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.returncode not in (0, -signal.SIGINT, 130):
+        raise SystemExit(f"perf record failed ({process.returncode}):\n{log_tail(log)}")
+
+
+_PERF_ROW = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
+_PERF_SAMPLES = re.compile(r"^# Samples: (\S+)", re.MULTILINE)
+
+
+def perf_shares(data: Path) -> tuple[dict[str, float], str]:
+    """Each shared object's fraction of the samples (kernel, libpython, the kamailio
+    binary, each module...), and perf's sample count as it prints it."""
+    perf = shutil.which("perf") or "perf"
+    report = subprocess.run(
+        [perf, "report", "-i", str(data), "--stdio", "--sort", "dso", "--percent-limit", "0"],
+        capture_output=True, text=True, check=False, timeout=300)
+    shares: dict[str, float] = {}
+    for line in report.stdout.splitlines():
+        if line.startswith("#"):
+            continue
+        row = _PERF_ROW.match(line)
+        if row:
+            shares[row[2]] = shares.get(row[2], 0.0) + float(row[1]) / 100
+    samples = _PERF_SAMPLES.search(report.stdout)
+    return shares, samples[1] if samples else "?"
+
+
+@dataclass
+class Profile:
+    """One step of a side run again under perf (not counted in the results)."""
+
+    step: StepResult
+    shares: dict[str, float]  # of the side's Kamailios' CPU samples, by shared object
+    samples: str
+
+    def ms_per_registration(self, dso: str) -> float:
+        return self.shares.get(dso, 0.0) * self.step.cpu_ms_per_registration()
+
+
 # ---------------------------------------------------------------------------- steps
 
 
@@ -754,6 +833,16 @@ class Bench:
         time.sleep(seconds)
         return {name: (group_cpu_seconds(s.pgid) - before[name]) / seconds
                 for name, s in servers.items()}
+
+    def profile_step(self, side: str, rate: int, seconds: float) -> Profile:
+        """A step with every process of the side's Kamailios under perf record."""
+        pids = [pid for server in self.kamailios[side] for pid in group_pids(server.pgid)]
+        data = self.workdir / f"perf-{side}.data"
+        with perf_record(pids, data, self.workdir / f"perf-{side}.log"):
+            step = self.run_step(side, rate, seconds)
+        shares, samples = perf_shares(data)
+        data.unlink(missing_ok=True)
+        return Profile(step, shares, samples)
 
     def run_step(self, side: str, rate: int, seconds: float, attempt: int = 1) -> StepResult:
         self.steps_run += 1
@@ -1126,11 +1215,9 @@ def cost_sentences(costs: dict[str, StepResult | None]) -> list[str]:
     if digest is not None and bearer is not None:
         out.append(
             f"{OMNICC_BEARER} is one transaction, with its token found in the worker's cache "
-            f"and the same round trip: {bearer:.3f} ms. The difference, {digest - bearer:.3f} "
-            f"ms, is about what the challenged request costs in omnicc: the Python route with "
-            f"no Redis call at all (a request without credentials makes none)"
-            + (f", against {native / 2:.3f} ms for an average native transaction" if native
-               else "") + ".")
+            f"and the same round trip: {bearer:.3f} ms; digest's challenge transaction "
+            f"(which makes no Redis call) and its digest check add {digest - bearer:+.3f} "
+            "ms.")
     if bearer is not None and OMNICC_BEARER_NEW in ms:
         out.append(f"A token never seen before adds its EdDSA signature check: "
                    f"{OMNICC_BEARER_NEW} {ms[OMNICC_BEARER_NEW]:.3f} ms, "
@@ -1163,6 +1250,106 @@ def cost_sentences(costs: dict[str, StepResult | None]) -> list[str]:
             "system calls) is part of the Kamailio figures above: process CPU does not "
             "separate it from the Python route's other work. The wait for Redis's answer "
             "costs no CPU, but holds the worker (one of 4) for that long.")
+    return out
+
+
+def profile_rows(profiles: dict[str, Profile]) -> list[str]:
+    """The shared objects worth a row: at least PROFILE_MIN_SHARE of some side's CPU."""
+    totals: Counter[str] = Counter()
+    for profile in profiles.values():
+        totals.update(profile.shares)
+    return [dso for dso, _ in totals.most_common()
+            if any(p.shares.get(dso, 0.0) >= PROFILE_MIN_SHARE for p in profiles.values())]
+
+
+def profile_section(profiles: dict[str, Profile], rate: int) -> list[str]:
+    if not profiles:
+        return []
+    sides = list(profiles)
+    rows = profile_rows(profiles)
+    out = [
+        f"### Where Kamailio's CPU goes (perf, at {rate}/s)",
+        "",
+        f"After the steps each side ran once more at {rate}/s for the same length with every "
+        f"process of its Kamailio(s) under `perf record -e cpu-clock -F {PROFILE_FREQUENCY}` "
+        "(user and kernel, not counted in the results above). Each cell: the share of the "
+        "side's Kamailio CPU samples in that shared object, and what that is in ms per "
+        "registration (the share times the step's Kamailio CPU per registration). "
+        "`[kernel.kallsyms]` is the kernel on the Kamailios' behalf (UDP in and out, the "
+        "Redis socket, scheduling); `kamailio` the core binary; the `.so` names are "
+        "Kamailio's modules and the libraries they load (libpython for the KEMI script).",
+        "",
+        "| shared object | " + " | ".join(sides) + " |",
+        "|---|" + "---:|" * len(sides),
+    ]
+    for dso in rows:
+        cells = [f"{100 * profiles[s].shares.get(dso, 0.0):.0f}% / "
+                 f"{profiles[s].ms_per_registration(dso):.3f}" for s in sides]
+        out.append(f"| {dso} | " + " | ".join(cells) + " |")
+    other = [1.0 - sum(profiles[s].shares.get(dso, 0.0) for dso in rows) for s in sides]
+    out.append("| everything else | " + " | ".join(
+        f"{100 * max(0.0, share):.0f}% / "
+        f"{max(0.0, share) * profiles[s].step.cpu_ms_per_registration():.3f}"
+        for s, share in zip(sides, other, strict=True)) + " |")
+    out.append("| **Kamailio CPU, ms per registration** | " + " | ".join(
+        f"**{profiles[s].step.cpu_ms_per_registration():.3f}**" for s in sides) + " |")
+    out.append("| samples; step passed | " + " | ".join(
+        f"{profiles[s].samples}; {'yes' if profiles[s].step.passed else 'no'}"
+        for s in sides) + " |")
+    out += ["", *profile_sentences(profiles), ""]
+    return out
+
+
+PROFILE_PARTS = (
+    ("Python (libpython, app_python3)", lambda dso: "python" in dso.lower()),
+    ("the kamailio binary", lambda dso: dso == "kamailio"),
+    ("the kernel", lambda dso: dso == "[kernel.kallsyms]"),
+    ("libcrypto", lambda dso: dso.startswith("libcrypto")),
+)
+
+
+def profile_parts(profile: Profile) -> dict[str, float]:
+    """ms per registration by part (PROFILE_PARTS, then everything else)."""
+    parts = {name: sum(profile.ms_per_registration(dso) for dso in profile.shares
+                       if belongs(dso)) for name, belongs in PROFILE_PARTS}
+    parts["everything else"] = profile.step.cpu_ms_per_registration() - sum(parts.values())
+    return parts
+
+
+def profile_sentences(profiles: dict[str, Profile]) -> list[str]:
+    """omnicc's extra Kamailio CPU over native, by part, from the profiles."""
+    native = profiles.get(NATIVE_MEMORY)
+    if native is None:
+        return []
+    native_parts = profile_parts(native)
+    native_total = native.step.cpu_ms_per_registration()
+    out = []
+    for side in (OMNICC_BEARER, OMNICC_DIGEST):
+        profile = profiles.get(side)
+        if profile is None:
+            continue
+        total = profile.step.cpu_ms_per_registration()
+        extra = {name: ms - native_parts[name] for name, ms in profile_parts(profile).items()}
+        listed = ", ".join(f"{name} {ms:+.3f}" for name, ms in sorted(
+            extra.items(), key=lambda item: -item[1]) if abs(ms) >= 0.0005)
+        transactions = ("one SIP transaction against native's two" if side in BEARER_SIDES
+                        else "the same two SIP transactions as native")
+        out.append(f"- {side} ({transactions}): {total:.3f} ms of Kamailio CPU per "
+                   f"registration against {native_total:.3f} on {NATIVE_MEMORY}, "
+                   f"{total - native_total:+.3f} ms: {listed}.")
+    if out:
+        out.append(
+            "- Python is the interpreter running the KEMI route on every request. The "
+            "kamailio binary's extra is the core's side of the KEMI calls the script makes "
+            "(each `KSR.pv.get`, header and transaction function goes through it). The "
+            "kernel's extra is mostly the Redis round trip, as the SIP packets are the same "
+            "or fewer: a call-graph profile (`perf record --call-graph dwarf`, not part of "
+            "this script) puts the omnicc worker's extra context switches in the lean "
+            "client's send (it wakes Redis, which on 2 CPUs often takes the CPU) and in its "
+            "poll until the answer. libcrypto is the EdDSA verification of a token not yet "
+            "in the worker's cache. In both, a large part of the kamailio binary's time is "
+            "its own pkg-memory allocator (qm_malloc: about a third of native's CPU in the "
+            "same call-graph profile), which omnicc and native pay alike.")
     return out
 
 
@@ -1220,7 +1407,8 @@ def interpretation(results: dict[str, SideResult], idle: dict[str, float]) -> st
 
 def doc_section(results: dict[str, SideResult], registered: int | None,
                 replication: Replication | None, idle: dict[str, float],
-                args: argparse.Namespace, command: str, when: str, revision: str) -> str:
+                profiles: dict[str, Profile], args: argparse.Namespace, command: str,
+                when: str, revision: str) -> str:
     after_run = ""
     if registered is not None:
         after_run += (f" After the run Redis held the ACD's reachability key of {registered} "
@@ -1290,6 +1478,7 @@ def doc_section(results: dict[str, SideResult], registered: int | None,
         "",
         interpretation(results, idle),
         "",
+        *profile_section(profiles, args.profile_rate),
         "### Every step",
         "",
         *steps_table(results),
@@ -1320,6 +1509,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--attempts", type=int, default=DEFAULT_ATTEMPTS, metavar="N",
                         help="runs of a failing step before its side stops "
                         f"(default {DEFAULT_ATTEMPTS})")
+    parser.add_argument("--profile-rate", type=int, default=DEFAULT_PROFILE_RATE, metavar="R",
+                        help="after the steps, run one more per side at R/s under perf "
+                        "record, for where Kamailio's CPU goes (default "
+                        f"{DEFAULT_PROFILE_RATE}; 0: no profile)")
     parser.add_argument("--write-doc", action="store_true",
                         help="write the results into the doc (see --doc)")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC,
@@ -1330,9 +1523,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if sorted(args.rates) != args.rates or any(rate < 1 for rate in args.rates):
         parser.error("--rates must be positive and ascending")
     if (not 1 <= args.agents <= 100_000 or args.seconds <= 0
-            or not 0 < args.max_shortfall < 1 or not 1 <= args.attempts <= 5):
+            or not 0 < args.max_shortfall < 1 or not 1 <= args.attempts <= 5
+            or not 0 <= args.profile_rate <= 100_000):
         parser.error("--agents 1..100000, --seconds > 0, 0 < --max-shortfall < 1, "
-                     "--attempts 1..5")
+                     "--attempts 1..5, --profile-rate 0..100000")
+    if args.profile_rate and shutil.which("perf") is None:
+        parser.error("--profile-rate needs perf (Debian package: linux-perf); 0 runs without")
     if args.rates[-1] * args.seconds > 500_000:
         parser.error("a step of more than 500,000 registrations: lower --rates or --seconds")
     args.sides = [side for side in ALL_SIDES if side in args.sides]
@@ -1479,6 +1675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     registered: int | None = None
     replication: Replication | None = None
     idle: dict[str, float] = {}
+    profiles: dict[str, Profile] = {}
     problems_seen = False
     try:
         with ExitStack() as services:
@@ -1540,6 +1737,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         alive.remove(side)
                 if not alive:
                     break
+            if args.profile_rate:
+                for side in args.sides:
+                    profile = bench.profile_step(side, args.profile_rate, args.seconds)
+                    profiles[side] = profile
+                    print(f"  {side} @ {args.profile_rate}/s under perf: "
+                          f"{describe_step(profile.step)}", flush=True)
+                    print("      " + ", ".join(
+                        f"{dso} {100 * share:.0f}%" for dso, share in sorted(
+                            profile.shares.items(), key=lambda item: -item[1])[:6]))
+                    time.sleep(1.0)
             if any(side in OMNICC_SIDES for side in args.sides):
                 registered = count_registered(redis_port)
                 print(f"  agents reachable in Redis (omnicc): {registered} of {args.agents}")
@@ -1561,8 +1768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_doc:
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_doc_section(args.doc, DOC_BEGIN, DOC_END,
-                          doc_section(results, registered, replication, idle, args, command,
-                                      when, revision))
+                          doc_section(results, registered, replication, idle, profiles, args,
+                                      command, when, revision))
         print(f"\nwrote {args.doc}")
     measured = all(result.steps for result in results.values())
     replicated = replication is None or replication.complete
