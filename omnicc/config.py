@@ -319,6 +319,17 @@ class QueueMember(_Strict):
         return _extension_value(value)
 
 
+# Whether calls are recorded. YAML's true/false (the first form of `record`) still mean
+# always/never.
+RecordPolicy = Literal["always", "never"]
+
+
+def _record_policy(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    return value
+
+
 class Queue(_Strict):
     """An ACD queue (an inbound campaign). Seconds here; the ACD keeps milliseconds."""
 
@@ -345,8 +356,13 @@ class Queue(_Strict):
     announce_position: bool = False
     announce_expected_wait: bool = False
     announce_frequency_seconds: int = Field(default=30, ge=5, le=3600)
-    # MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav.
-    record: bool = False
+    # always: MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav.
+    record: RecordPolicy = "never"
+
+    @field_validator("record", mode="before")
+    @classmethod
+    def _record(cls, value: Any) -> Any:
+        return _record_policy(value)
 
     @field_validator("name")
     @classmethod
@@ -403,6 +419,13 @@ class InboundRoute(_Strict):
     destination: Destination
     # For a queue destination: higher is served first (VIP numbers), 0 to 99.
     priority: int = Field(default=0, ge=0, le=MAX_QUEUE_PRIORITY)
+    # always: MixMonitor the call's bridged parts into {tenant}/route-{did}/{date}/{uniqueid}.wav.
+    record: RecordPolicy = "never"
+
+    @field_validator("record", mode="before")
+    @classmethod
+    def _record(cls, value: Any) -> Any:
+        return _record_policy(value)
 
     @field_validator("did", mode="before")
     @classmethod

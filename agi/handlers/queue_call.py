@@ -338,7 +338,8 @@ class QueueCall(_Handler):
         await session.set_variable("OMNICC_QUEUE_RING", str(queue.ring_timeout_seconds))
         await session.set_variable(
             "OMNICC_QUEUE_RECORDING",
-            recording_file(tenant.name, queue.name, call, time.time()) if queue.record else "")
+            recording_file(tenant.name, queue.name, call, time.time())
+            if queue.record == "always" else "")
         await session.set_variable("OMNICC_STATUS", "OK")
 
 

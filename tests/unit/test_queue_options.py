@@ -69,10 +69,10 @@ def problems(text: str) -> list[str]:
 def test_the_options_and_their_defaults() -> None:
     sales, plain = TENANT.queues
     assert (sales.moh_class, sales.announce_position, sales.announce_expected_wait,
-            sales.announce_frequency_seconds, sales.record) == ("calm", True, True, 5, True)
+            sales.announce_frequency_seconds, sales.record) == ("calm", True, True, 5, "always")
     assert sales.announces
     assert (plain.moh_class, plain.announces, plain.announce_frequency_seconds,
-            plain.record) == (None, False, 30, False)
+            plain.record) == (None, False, 30, "never")
     assert [r.priority for r in TENANT.inbound_routes] == [0, 7, 0]
 
 
@@ -85,8 +85,8 @@ def test_the_options_and_their_defaults() -> None:
     ("call_lease_seconds: 10", "call_lease_seconds: 5",
      "tenants[0].queues[0].call_lease_seconds: a queue with announcements needs "
      "call_lease_seconds of at least 10"),
-    ("record: true", "record: sometimes", "tenants[0].queues[0].record: Input should be a "
-                                          "valid boolean"),
+    ("record: true", "record: sometimes", "tenants[0].queues[0].record: Input should be "
+                                          "'always' or 'never'"),
     ("priority: 7}", "priority: 100}", "tenants[0].inbound_routes[1].priority: Input should "
                                        "be less than or equal to 99"),
     ('destination: "agent:1001"}', 'destination: "agent:1001", priority: 3}',
