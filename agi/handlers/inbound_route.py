@@ -9,12 +9,15 @@ needs (agi/handlers/route_answers.py), and OMNICC_STATUS (OK, or ERROR so the di
 takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang up with; a Redis error
 on the blacklist check leaves the cause empty: 503, the carrier tries elsewhere).
 Every decision is appended to the tenant's event stream: call_blacklisted, one
-time_condition per time condition passed, call_routed (or call_unrouted).
+time_condition per time condition passed, call_routed (or call_unrouted), and for a
+route with `record: always` a call_recording event naming the file (omnicc/recording.py)
+that the dialplan records the call into (OMNICC_ROUTE_RECORDING).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +27,7 @@ from agi.handlers.route_answers import Q850_NO_CIRCUIT, answer_decision, answer_
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
+from omnicc.recording import route_recording_file
 from omnicc.routing import (
     Clock,
     InboundDecision,
@@ -82,7 +86,23 @@ class InboundRoute:
             return
         route = tenant.inbound_route(did) if tenant is not None else None
         await self._routed(decision, route.match if route else "", common)
+        if route is not None and route.record == "always":
+            await self._record(session, decision, route.match, common)
         await answer_decision(session, decision)
+
+    async def _record(self, session: AGISession, decision: InboundDecision, route: str,
+                      common: dict[str, Any]) -> None:
+        """OMNICC_ROUTE_RECORDING: the dialplan MixMonitors the call's bridged parts."""
+        recording = route_recording_file(decision.tenant, decision.did,
+                                         session.request.uniqueid, time.time())
+        if recording is None:
+            log.warning("call %s: no recording, its DID or uniqueid is not a file name",
+                        session.request.uniqueid)
+            return
+        await session.set_variable("OMNICC_ROUTE_RECORDING", recording)
+        await self._events.append(
+            decision.tenant, "call_recording", call=session.request.uniqueid, route=route,
+            agent=decision.agent, queue=decision.queue, recording=recording, **common)
 
     async def _routed(self, decision: InboundDecision, route: str,
                       common: dict[str, Any]) -> None:
