@@ -39,6 +39,7 @@ from agi.handlers.outbound_call import (
 )
 from agi.handlers.queue_call import QueueAnswer, QueueCall, QueueEnd, QueueResult, QueueStore
 from agi.handlers.queue_setup import sync_queues
+from agi.handlers.transfer import Transfer
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
 from omnicc.blacklist import check_caller_async
@@ -64,6 +65,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "ivr_entry": IvrEntry(config, events),
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events, outbound),
+        "transfer": Transfer(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted
         routes.update({"outbound_result": OutboundResult(outbound),

@@ -236,7 +236,8 @@ def test_build_routes_answers_exactly_the_dialplans_scripts(
     config: OmniccConfig, events: MemoryEventLog
 ) -> None:
     routes = build_routes(config, as_event_log(events))
-    assert set(routes) == {"health", "inbound_route", "ivr_entry", "call_end", "agent_call"}
+    assert set(routes) == {"health", "inbound_route", "ivr_entry", "call_end", "agent_call",
+                           "transfer"}
     assert routes["health"] is health
     assert isinstance(routes["inbound_route"], InboundRoute)
     assert isinstance(routes["call_end"], CallEnd)

@@ -1,0 +1,51 @@
+"""`transfer?tenant=&target=&agent=&transferer=`: a blind transfer (REFER) of a call.
+
+Asterisk moved the transferred caller's channel to the omnicc-transfer context; `target`
+is the Refer-To's user part, exactly as the phone sent it, `agent` the agent the call was
+with (OMNICC_AGENT, may be empty), `transferer` Asterisk's BLINDTRANSFER (the agent's
+channel). The target is checked and looked up in the channel's tenant only
+(omnicc/transfer.py): the answer is the same as an inbound route's, and the dialplan
+carries it out at omnicc-from-kamailio's `route` label. Either way a `call_transferred`
+event says who transferred which call to what, and the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agi.handlers.route_answers import answer_decision, answer_unrouted
+from agi.protocol import AGISession
+from omnicc.config import OmniccConfig
+from omnicc.events import EventLog
+from omnicc.routing import RoutingError
+from omnicc.transfer import TransferKind, decide_transfer
+
+log = logging.getLogger("omnicc.agi.transfer")
+
+
+class Transfer:
+    def __init__(self, config: OmniccConfig, events: EventLog):
+        self._config = config
+        self._events = events
+
+    async def __call__(self, session: AGISession) -> None:
+        req = session.request
+        tenant_name = req.params.get("tenant", "")
+        target = req.params.get("target", "")
+        common = {"uniqueid": req.uniqueid, "kind": TransferKind.BLIND.value,
+                  "from_agent": req.params.get("agent", ""), "target": target,
+                  "transferer": req.params.get("transferer", ""), "channel": req.channel}
+        try:
+            decision = decide_transfer(self._config, tenant_name, target)
+        except RoutingError as exc:
+            log.info("transfer of %s to %r refused: %s", req.uniqueid, target, exc)
+            if self._config.tenant(tenant_name) is not None:
+                await self._events.append(tenant_name, "call_transferred", outcome="refused",
+                                          reason=str(exc), **common)
+            await answer_unrouted(session, str(exc))
+            return
+        await self._events.append(decision.tenant, "call_transferred", outcome="routed",
+                                  destination=decision.destination, agent=decision.agent,
+                                  queue=decision.queue, **common)
+        await session.set_variable("OMNICC_DID", decision.did)
+        await answer_decision(session, decision)

@@ -1,0 +1,103 @@
+"""Blind transfers: where a Refer-To's target may send a call (omnicc/transfer.py), and the
+transfer AGI's answer and event (agi/handlers/transfer.py) over the fake Asterisk."""
+
+from __future__ import annotations
+
+import pytest
+
+from agi.handlers.transfer import Transfer
+from omnicc.config import OmniccConfig, parse_config
+from omnicc.routing import RoutingError
+from omnicc.transfer import decide_transfer
+
+from .test_agi_handlers import MemoryEventLog, as_event_log, run_handler
+
+CONFIG = """
+tenants:
+  - name: acme
+    domain: acme.example
+    agents:
+      - {extension: "1001", password: "acme-pass-1001"}
+      - {extension: "1002", password: "acme-pass-1002"}
+    inbound_routes:
+      - {did: "5550100", destination: "agent:1001"}
+      - {did: "5550103", destination: "queue:support"}
+      - {did: "5550199", destination: "hangup"}
+    queues:
+      - {name: support, members: [{agent: "1002"}]}
+  - name: globex
+    domain: globex.example
+    agents: [{extension: "2001", password: "globex-pass-2001"}]
+    inbound_routes: [{did: "5550200", destination: "agent:2001"}]
+"""
+
+
+@pytest.fixture(scope="module")
+def config() -> OmniccConfig:
+    return parse_config(CONFIG)
+
+
+def test_an_agent_of_the_tenant_is_dialled_through_kamailio(config: OmniccConfig) -> None:
+    decision = decide_transfer(config, "acme", "1002")
+    assert (decision.destination, decision.agent, decision.did) == ("agent", "1002", "1002")
+    assert decision.dial == "PJSIP/kamailio/sip:1002@acme.example"
+
+
+def test_a_did_of_the_tenant_goes_where_its_inbound_route_says(config: OmniccConfig) -> None:
+    decision = decide_transfer(config, "acme", "5550103")
+    assert (decision.destination, decision.queue, decision.did) == ("queue", "support", "5550103")
+    assert decide_transfer(config, "acme", "5550199").destination == "hangup"
+
+
+@pytest.mark.parametrize(("tenant", "target", "reason"), [
+    ("acme", "2001", "neither an agent nor a DID of tenant acme"),     # globex's agent
+    ("acme", "5550200", "neither an agent nor a DID of tenant acme"),  # globex's DID
+    ("acme", "1002&PJSIP/x@evil", "not allowed"),
+    ("acme", "1,2", "not allowed"),
+    ("acme", "5551)", "not allowed"),
+    ("acme", "1" * 300, "more than"),
+    ("acme", "", "empty"),
+    ("globex", "1001", "neither an agent nor a DID of tenant globex"),
+    ("", "1002", "unknown tenant"),
+    ("initech", "1002", "unknown tenant"),
+])
+def test_refused_targets(config: OmniccConfig, tenant: str, target: str, reason: str) -> None:
+    with pytest.raises(RoutingError, match=reason):
+        decide_transfer(config, tenant, target)
+
+
+def test_the_handler_answers_a_routed_transfer_and_logs_it(config: OmniccConfig) -> None:
+    events = MemoryEventLog()
+    record = run_handler(Transfer(config, as_event_log(events)), "transfer", {
+        "tenant": "acme", "target": "1002", "agent": "1001",
+        "transferer": "PJSIP/kamailio-00000001"})
+    assert record.variables["OMNICC_STATUS"] == "OK"
+    assert record.variables["OMNICC_DEST"] == "agent"
+    assert record.variables["OMNICC_DID"] == "1002"
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/kamailio/sip:1002@acme.example"
+    (event,) = events.events
+    assert (event.tenant, event.event) == ("acme", "call_transferred")
+    assert event.fields["kind"] == "blind" and event.fields["outcome"] == "routed"
+    assert event.fields["from_agent"] == "1001" and event.fields["target"] == "1002"
+    assert event.fields["transferer"] == "PJSIP/kamailio-00000001"
+
+
+def test_the_handler_refuses_an_injection_and_sets_nothing_to_dial(
+    config: OmniccConfig,
+) -> None:
+    events = MemoryEventLog()
+    record = run_handler(Transfer(config, as_event_log(events)), "transfer", {
+        "tenant": "acme", "target": "1002&PJSIP/x@evil", "agent": "1001"})
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert record.variables["OMNICC_CAUSE"] == "1"
+    assert "OMNICC_DIAL" not in record.variables and "OMNICC_DID" not in record.variables
+    (event,) = events.events
+    assert event.fields["outcome"] == "refused" and "not allowed" in event.fields["reason"]
+
+
+def test_the_handler_logs_nothing_for_an_unknown_tenant(config: OmniccConfig) -> None:
+    events = MemoryEventLog()
+    record = run_handler(Transfer(config, as_event_log(events)), "transfer",
+                         {"tenant": "", "target": "1002"})
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert events.events == []
