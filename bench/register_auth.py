@@ -429,7 +429,8 @@ def native_kamailio(workdir: Path, *, port: int, agents: Sequence[Agent]) -> Ite
 # " 3(7150) ERROR: {1 2 REGISTER 4-7236@127.0.0.1} <core> [core/x.c:12]: f(): text"
 _KAMAILIO_RECORD = re.compile(
     r"^\s*\d+\(\d+\)\s+(?P<level>[A-Z]+):\s*(?:\{[^}]*\}\s*)?(?P<text>.*)$")
-_PROBLEM_LEVELS = ("WARNING", "ERROR", "CRITICAL", "ALERT", "BUG")
+_ERROR_LEVELS = ("ERROR", "CRITICAL", "ALERT", "BUG")
+_PROBLEM_LEVELS = ("WARNING", *_ERROR_LEVELS)
 
 
 def kamailio_log_problems(lines: Sequence[str]) -> Counter[str]:
@@ -726,6 +727,16 @@ class StepResult:
     redis_calls: Counter[str]
     log_problems: Counter[str]
     max_shortfall: float
+    # omnicc-bearer-cluster: whether the peer held every agent's latest registration.
+    replication: Replication | None = None
+
+    @property
+    def log_errors(self) -> int:
+        """Lines at ERROR level or worse in the side's Kamailio logs (e.g. a DMQ message
+        it could not send): a registration that Kamailio got wrong counts as a failure
+        even when SIPp saw 200 OK."""
+        return sum(count for problem, count in self.log_problems.items()
+                   if problem.split(":", 1)[0] in _ERROR_LEVELS)
 
     @property
     def achieved(self) -> float:
@@ -743,7 +754,9 @@ class StepResult:
 
     @property
     def passed(self) -> bool:
-        return self.failures == 0 and not self.short and self.sipp.returncode == 0
+        return (self.failures == 0 and not self.short and self.sipp.returncode == 0
+                and not self.log_errors
+                and (self.replication is None or self.replication.complete))
 
     def core_share(self, seconds: float) -> float:
         return seconds / self.sipp.elapsed if self.sipp.elapsed else 0.0
@@ -789,6 +802,11 @@ class StepResult:
             reasons.append(f"achieved {self.achieved:.0f}/s")
         if self.sipp.returncode not in (0, 1) or (self.sipp.returncode and not self.failures):
             reasons.append(f"sipp exit {self.sipp.returncode}")
+        if self.log_errors:
+            reasons.append(f"{self.log_errors} Kamailio errors")
+        if self.replication is not None and not self.replication.complete:
+            reasons.append(f"peer had {self.replication.same} of {self.replication.agents} "
+                           "latest registrations")
         return ", ".join(reasons)
 
 
@@ -871,6 +889,8 @@ class Bench:
         ours = self.own_cpu_seconds() - before_ours + outcome.cpu
         other = max(0.0, process_busy_seconds() - before_busy - ours)
         after_commands, after_calls = self.redis_commands()
+        replication = (check_replication(kamailios[0], kamailios[1], self.credentials.agents)
+                       if len(kamailios) > 1 else None)
         return StepResult(
             side=side, rate=rate, attempt=attempt, calls=calls, sipp=outcome,
             kamailio_cpu=sum(kamailio_cpu), peer_cpu=sum(kamailio_cpu[1:]),
@@ -881,6 +901,7 @@ class Bench:
             log_problems=kamailio_log_problems(
                 [line for watch in watches for line in watch.new_lines()]),
             max_shortfall=self.max_shortfall,
+            replication=replication,
         )
 
 
@@ -1387,6 +1408,19 @@ def interpretation(results: dict[str, SideResult], idle: dict[str, float]) -> st
                 f"{TARGET_RATE}/s leaves {1000 * cpus / TARGET_RATE:.1f} ms of CPU per "
                 "registration for Kamailio, Redis and SIPp together.")
     failed = [result.stopped_by for result in results.values() if result.stopped_by]
+    for step in failed:
+        shm = sum(count for problem, count in step.log_problems.items()
+                  if "shared memory" in problem or "shmem" in problem)
+        dmq = sum(count for problem, count in step.log_problems.items()
+                  if "error sending dmq message" in problem)
+        if shm:
+            sentences.append(
+                f"{step.side} stopped at {step.rate}/s with its Kamailio out of shared "
+                f"memory ({shm} allocation errors in tm in the step; omnicc starts Kamailio "
+                "with -m 128)"
+                + (f": {dmq} KDMQ messages, each a registration to replicate, were never "
+                   "sent, so the peer missed those registrations while SIPp saw 200 OK"
+                   if dmq else "") + ".")
     dropping = [step for step in failed if step.udp_drops]
     if dropping:
         sentences.append(
@@ -1451,7 +1485,12 @@ def doc_section(results: dict[str, SideResult], registered: int | None,
         f"an achieved rate more than {100 * args.max_shortfall:g}% below the target in "
         f"each of {args.attempts} attempt(s) (the machine is shared with other jobs, so a "
         "failing step is run again before the side stops); its result is the highest rate "
-        "it passed. p50/p99: first REGISTER sent to 200 received, as SIPp times it (whole "
+        "it passed. A step also fails if an ERROR (or worse) appears in the side's "
+        "Kamailio logs during it, and for the cluster if, after it, the peer does not hold "
+        "every agent's latest registration (same contacts and Call-ID as the node SIPp "
+        f"registered through, RPC ul.dump) within {REPLICATION_WAIT_SECONDS:g} s: a "
+        "registration Kamailio answered 200 but did not replicate is not a success. "
+        "p50/p99: first REGISTER sent to 200 received, as SIPp times it (whole "
         "milliseconds). Redis commands per registration: from INFO commandstats over all "
         "Redis clients, commands run by a Lua script included (so one EVALSHA round trip "
         "shows as evalsha and the script's exists and set)." + after_run,
@@ -1545,17 +1584,22 @@ def count_registered(redis_port: int) -> int:
 # ---------------------------------------------------------------------------- the cluster
 
 
-def usrloc_bindings(server: Server) -> dict[str, frozenset[str]]:
-    """Every AOR a Kamailio's usrloc holds, with its contacts' addresses (RPC ul.dump)."""
+Binding = tuple[str, str]  # a contact's address and the Call-ID of its latest REGISTER
+
+
+def usrloc_bindings(server: Server) -> dict[str, frozenset[Binding]]:
+    """Every AOR a Kamailio's usrloc holds, with its contacts (RPC ul.dump). Each
+    registration of the benchmark has a Call-ID of its own, so a peer that missed the
+    latest one shows an older Call-ID."""
     if server.rpc_fifo is None:
         raise ValueError(f"{server.name} has no control FIFO")
     dump = call(server.rpc_fifo, "ul.dump", timeout=20)
-    bindings: dict[str, frozenset[str]] = {}
+    bindings: dict[str, frozenset[Binding]] = {}
 
-    def addresses(node: object) -> Iterator[str]:
+    def addresses(node: object) -> Iterator[Binding]:
         if isinstance(node, dict):
             if isinstance(node.get("Address"), str):
-                yield node["Address"]
+                yield node["Address"], str(node.get("Call-ID", ""))
             for value in node.values():
                 yield from addresses(value)
         elif isinstance(node, list):
@@ -1579,12 +1623,13 @@ def usrloc_bindings(server: Server) -> dict[str, frozenset[str]]:
 
 @dataclass(frozen=True)
 class Replication:
-    """What omnicc-bearer-cluster's two nodes held after the run."""
+    """What omnicc-bearer-cluster's two nodes held after a step, or after the run."""
 
     agents: int
     entry_aors: int  # AORs in the usrloc of the node SIPp registered through
     peer_aors: int  # AORs in its DMQ peer's usrloc
-    same: int  # AORs of the agents the peer holds with exactly the entry's contacts
+    # AORs of the agents the peer holds with exactly the entry's contacts and Call-IDs
+    same: int
     waited: float  # seconds until the peer held them all (or the wait ran out)
 
     @property
@@ -1594,7 +1639,8 @@ class Replication:
     def describe(self) -> str:
         return (f"the node SIPp registered through held {self.entry_aors} AORs, its DMQ peer "
                 f"{self.peer_aors}, {self.same} of the {self.agents} agents' with the same "
-                f"contacts on both" + (" (complete)" if self.complete else " (INCOMPLETE)"))
+                "contacts and the same latest registration (Call-ID) on both"
+                + (" (complete)" if self.complete else " (INCOMPLETE)"))
 
 
 def check_replication(entry: Server, peer: Server, agents: Sequence[Agent]) -> Replication:
@@ -1604,11 +1650,11 @@ def check_replication(entry: Server, peer: Server, agents: Sequence[Agent]) -> R
     aors = {f"{agent.extension}@{DOMAIN}" for agent in agents}
     started = time.monotonic()
     while True:
-        theirs, ours = usrloc_bindings(entry), usrloc_bindings(peer)
-        same = sum(1 for aor in aors if aor in theirs and theirs[aor] and
-                   ours.get(aor) == theirs[aor])
+        at_entry, at_peer = usrloc_bindings(entry), usrloc_bindings(peer)
+        same = sum(1 for aor in aors if at_entry.get(aor) and
+                   at_peer.get(aor) == at_entry[aor])
         waited = time.monotonic() - started
-        result = Replication(len(aors), len(theirs), len(ours), same, waited)
+        result = Replication(len(aors), len(at_entry), len(at_peer), same, waited)
         if result.complete or waited > REPLICATION_WAIT_SECONDS:
             return result
         time.sleep(0.5)
