@@ -37,7 +37,14 @@ from agi.handlers.outbound_call import (
     OutboundEnd,
     OutboundResult,
 )
-from agi.handlers.queue_call import QueueAnswer, QueueCall, QueueEnd, QueueResult, QueueStore
+from agi.handlers.queue_call import (
+    QueueAnswer,
+    QueueCall,
+    QueueEnd,
+    QueueRecord,
+    QueueResult,
+    QueueStore,
+)
 from agi.handlers.queue_setup import sync_queues
 from agi.handlers.transfer import Transfer
 from agi.server import FastAGIServer, Handler
@@ -74,6 +81,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         routes.update({
             "queue_call": QueueCall(config, acd, events),
             "queue_answer": QueueAnswer(config, acd, events),
+            "queue_record": QueueRecord(config, acd, events),
             "queue_result": QueueResult(config, acd),
             "queue_end": QueueEnd(config, acd),
             "agent_feature": AgentFeature(config, events, acd),

@@ -320,8 +320,9 @@ class QueueMember(_Strict):
 
 
 # Whether calls are recorded. YAML's true/false (the first form of `record`) still mean
-# always/never.
+# always/never. on_demand (queues): the agent starts and stops it from the phone (*3).
 RecordPolicy = Literal["always", "never"]
+QueueRecordPolicy = Literal["always", "never", "on_demand"]
 
 
 def _record_policy(value: Any) -> Any:
@@ -356,8 +357,9 @@ class Queue(_Strict):
     announce_position: bool = False
     announce_expected_wait: bool = False
     announce_frequency_seconds: int = Field(default=30, ge=5, le=3600)
-    # always: MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav.
-    record: RecordPolicy = "never"
+    # always: MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav;
+    # on_demand: the same file, when the agent presses the recording code.
+    record: QueueRecordPolicy = "never"
 
     @field_validator("record", mode="before")
     @classmethod

@@ -46,7 +46,10 @@ STACK_ASTERISK_FILES = {
     "cdr.conf": "[general]\nenable = no\n",
     "cel.conf": "[general]\nenable = no\n",
     "manager.conf": "[general]\nenabled = no\n",
-    "features.conf": "[general]\n",
+    # The agent's on-demand recording code (dialplan omnicc-record-toggle): a channel has
+    # it only when its DYNAMIC_FEATURES names it (an answered call of an on_demand queue).
+    "features.conf": ("[general]\n\n[applicationmap]\n"
+                      "omnicc-record => *3,self,Gosub(omnicc-record-toggle,s,1)\n"),
     "acl.conf": "",
     "udptl.conf": "[general]\n",
     "pjproject.conf": "",

@@ -339,7 +339,7 @@ class QueueCall(_Handler):
         await session.set_variable(
             "OMNICC_QUEUE_RECORDING",
             recording_file(tenant.name, queue.name, call, time.time())
-            if queue.record == "always" else "")
+            if queue.record in ("always", "on_demand") else "")
         await session.set_variable("OMNICC_STATUS", "OK")
 
 
@@ -368,19 +368,52 @@ class QueueAnswer(_Handler):
         if not result.ok:
             log.info("answer of %s by %s refused: %s", call, agent, result.code)
         recording = p.get("recording", "")
-        record = ""
         if result.ok and recording:
             # Only a name of this call's form: it becomes a file path and a report entry.
             parsed = parse_recording_file(recording)
-            if parsed is not None and parsed[0] == tenant.name and parsed[2] == call:
-                record = recording
-                await self._event(tenant.name, "call_recording", call=call, queue=parsed[1],
-                                  agent=agent, recording=recording)
-            else:
+            queue = tenant.queue(parsed[1]) if parsed is not None else None
+            if parsed is None or queue is None or parsed[0] != tenant.name or parsed[2] != call:
                 log.warning("queue_answer: recording %r is not one of call %s", recording, call)
-        if record:  # the agent's leg is new for each Dial: nothing stale to clear
-            await session.set_variable("OMNICC_RECORD", record)
+            elif queue.record == "always":
+                await self._event(tenant.name, "call_recording", call=call, queue=queue.name,
+                                  agent=agent, recording=recording, mode="always")
+                # The agent's leg is new for each Dial: nothing stale to clear.
+                await session.set_variable("OMNICC_RECORD", recording)
+            elif queue.record == "on_demand":
+                # The agent's phone may start it (queue_record, the *3 feature).
+                await session.set_variable("OMNICC_RECORD_ON_DEMAND", recording)
         await session.set_variable("OMNICC_STATUS", "OK" if result.ok else "REFUSED")
+
+
+class QueueRecord(_Handler):
+    """`queue_record?recording=&agent=&action=start|stop`: the agent pressed the on-demand
+    recording code (features.conf applicationmap, dialplan omnicc-record-toggle) during an
+    answered call of an `on_demand` queue. Start: OMNICC_RECORD is the file (the call's
+    name, as queue_answer gave it; the dialplan MixMonitors into it, appending when it is
+    started again) and a call_recording event indexes it with its call; stop: a
+    call_recording_stopped event. Anything else: OMNICC_RECORD stays empty."""
+
+    async def __call__(self, session: AGISession) -> None:
+        p = session.request.params
+        recording, agent, action = p.get("recording", ""), p.get("agent", ""), p.get("action")
+        parsed = parse_recording_file(recording)
+        tenant = self._config.tenant(parsed[0]) if parsed is not None else None
+        queue = tenant.queue(parsed[1]) if tenant is not None and parsed is not None else None
+        if (parsed is None or tenant is None or queue is None or queue.record != "on_demand"
+                or action not in ("start", "stop") or not EXTENSION_RE.fullmatch(agent)):
+            log.warning("queue_record: refused %r (uniqueid %s)", dict(p),
+                        session.request.uniqueid)
+            await session.set_variable("OMNICC_STATUS", "REFUSED")
+            return
+        call = parsed[2]
+        if action == "start":
+            await self._event(tenant.name, "call_recording", call=call, queue=queue.name,
+                              agent=agent, recording=recording, mode="on_demand")
+            await session.set_variable("OMNICC_RECORD", recording)
+        else:
+            await self._event(tenant.name, "call_recording_stopped", call=call,
+                              queue=queue.name, agent=agent, recording=recording)
+        await session.set_variable("OMNICC_STATUS", "OK")
 
 
 class QueueResult(_Handler):

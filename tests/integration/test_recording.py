@@ -1,13 +1,18 @@
 """Recording per inbound route (`record: always | never`), end to end through real
 Kamailio, Asterisk, the FastAGI server and Redis, with SIPp as carrier and agent phone:
 a recording route's call to an agent leaves a WAV file under Asterisk's monitor directory,
-named by the call_recording event; a route that does not record leaves none.
+named by the call_recording event; a route that does not record leaves none. In an
+on_demand queue, the agent's phone keys *3 (RFC 4733, SIPp's captures) during the call and
+the call's file appears; an agent who keys nothing leaves none.
 
 Its own stack (one for the module): the config below.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from omnicc import sipp
+from omnicc.acd import AcdSync
+from omnicc.demo import free_udp_port
+from omnicc.sipp import SippRun
 
-from .conftest import TRUNK_IP, RunningStack, stack_up
-from .test_first_call import agent_online, now_id
+from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .test_first_call import PASSWORDS, agent_online, now_id
 from .test_queue_calls import wait_for_events
 from .test_queue_features import monitor_dir, speaking_caller
 
@@ -42,6 +50,13 @@ tenants:
     inbound_routes:
       - {{did: "5550130", destination: "agent:1001", record: always}}
       - {{did: "5550131", destination: "agent:1001", record: never}}
+      - {{did: "5550132", destination: "queue:desk"}}
+    queues:
+      - name: desk
+        members: [{{agent: "1001"}}]
+        overflow_when_no_agents: false
+        max_wait_seconds: 60
+        record: on_demand
 """
 
 
@@ -88,3 +103,97 @@ def test_a_route_that_does_not_record_leaves_no_file(
     assert "call_recording" not in [e["event"] for e in events]
     assert list(monitor_dir(recording_stack).rglob(f"*{routed['uniqueid']}*")) == []
     assert not (monitor_dir(recording_stack) / "default" / "route-5550131").exists()
+
+
+SIPP_CAPTURES = Path("/usr/share/sip-tester")  # SIPp's RFC 4733 captures (sip-tester)
+
+
+def rtp_advanced(capture: bytes, seq: int = 1000, timestamp: int = 80000) -> bytes:
+    """SIPp's capture of key 3 with its RTP sequence numbers and timestamps moved past
+    those of its capture of '*' (which are higher): played after '*' in the same call,
+    Asterisk would otherwise drop its packets as old. The UDP checksum is cleared (0: none)."""
+    out = bytearray(capture)
+    offset = 24  # pcap global header; Ethernet frames (link type 1), IPv4, UDP, RTP
+    while offset < len(out):
+        length = struct.unpack_from("<I", out, offset + 8)[0]
+        udp, rtp = offset + 16 + 14 + 20, offset + 16 + 42
+        struct.pack_into(">H", out, udp + 6, 0)
+        old_seq, old_ts = struct.unpack_from(">HI", out, rtp + 2)
+        struct.pack_into(">HI", out, rtp + 2, (old_seq + seq) & 0xFFFF,
+                         (old_ts + timestamp) & 0xFFFFFFFF)
+        offset += 16 + length
+    return bytes(out)
+
+
+@contextlib.contextmanager
+def desk_agent(stack: RunningStack, workdir: Path, *, keys_record: bool) -> Iterator[SippRun]:
+    """Agent 1001's phone, registered and logged in to the ACD: it answers and, with
+    `keys_record`, keys *3 one second into the call (agent_answer_keys_record.xml)."""
+    port = free_udp_port("127.0.0.1")
+    if keys_record:
+        shutil.copy(SIPP_CAPTURES / "dtmf_2833_star.pcap", workdir / "star.pcap")
+        (workdir / "three.pcap").write_bytes(
+            rtp_advanced((SIPP_CAPTURES / "dtmf_2833_3.pcap").read_bytes()))
+        name = f"keys-record-{port}"
+        phone = SippRun(name, [
+            sipp.sipp_binary(), "-sf", str(sipp.SCENARIOS / "agent_answer_keys_record.xml"),
+            "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-d", "1000",
+            *sipp._common(name, workdir)], workdir).start()
+    else:
+        phone = sipp.agent_phone(workdir, local_ip="127.0.0.1", port=port, calls=1).start()
+    acd = AcdSync(stack.redis(), "it-recording")
+    register = {"proxy": stack.proxy, "extension": "1001", "password": PASSWORDS["1001"],
+                "domain": DOMAIN, "local_ip": "127.0.0.1", "contact_port": port}
+    time.sleep(0.3)
+    try:
+        reg = sipp.agent_register(workdir, **register)
+        assert reg.run(timeout=30) == 0, reg.trace()
+        assert acd.login("default", "1001").ok
+        yield phone
+    finally:
+        acd.logout("default", "1001", force=True)
+        phone.stop()
+        sipp.agent_register(workdir, **register, expires=0,
+                            name=f"unregister-{port}").run(timeout=30)
+
+
+def queued_call(stack: RunningStack, workdir: Path, phone: SippRun,
+                since: str) -> list[dict[str, str]]:
+    """A caller to the on_demand queue: silent 3 s after the answer, then speaking 3 s."""
+    caller = speaking_caller(stack, workdir, "5550132", silent_ms=3000)
+    assert caller.run(timeout=60) == 0, caller.trace()
+    assert phone.wait(timeout=15) == 0, phone.trace()
+    return wait_for_events(stack, since, {"call_answered", "call_ended"})
+
+
+def test_an_agent_keying_the_code_records_an_on_demand_queue_call(
+        recording_stack: RunningStack, sipp_dir: Path) -> None:
+    since = now_id()
+    with desk_agent(recording_stack, sipp_dir, keys_record=True) as phone:
+        events = queued_call(recording_stack, sipp_dir, phone, since)
+    (answered,) = [e for e in events if e["event"] == "call_answered"]
+    recordings = [e for e in events if e["event"] == "call_recording"]
+    log = (recording_stack.stack.var / "log" / "asterisk" / "messages.log").read_text(
+        errors="replace")
+    assert len(recordings) == 1, ([e["event"] for e in events], log[-6000:])
+    recording = recordings[0]
+    assert (recording["call"], recording["queue"], recording["agent"], recording["mode"]) == (
+        answered["call"], "desk", "1001", "on_demand")
+    assert recording["recording"].startswith("default/desk/")
+    assert recording["recording"].endswith(f"/{answered['call']}.wav")
+    path = monitor_dir(recording_stack) / recording["recording"]
+    deadline = time.monotonic() + 5
+    while not (path.exists() and path.stat().st_size > 8000):
+        assert time.monotonic() < deadline, f"no recording at {path}"
+        time.sleep(0.1)
+    assert path.read_bytes()[:4] == b"RIFF"
+
+
+def test_an_on_demand_queue_call_nobody_records_leaves_no_file(
+        recording_stack: RunningStack, sipp_dir: Path) -> None:
+    since = now_id()
+    with desk_agent(recording_stack, sipp_dir, keys_record=False) as phone:
+        events = queued_call(recording_stack, sipp_dir, phone, since)
+    (answered,) = [e for e in events if e["event"] == "call_answered"]
+    assert "call_recording" not in [e["event"] for e in events]
+    assert list(monitor_dir(recording_stack).rglob(f"*{answered['call']}*")) == []

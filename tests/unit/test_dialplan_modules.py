@@ -25,6 +25,7 @@ APPLICATION_MODULES = {
     "GotoIf": "core",
     "Hangup": "core",
     "MixMonitor": "app_mixmonitor.so",
+    "StopMixMonitor": "app_mixmonitor.so",
     "Playback": "app_playback.so",
     "Read": "app_read.so",
     "Progress": "core",

@@ -86,7 +86,7 @@ def test_the_options_and_their_defaults() -> None:
      "tenants[0].queues[0].call_lease_seconds: a queue with announcements needs "
      "call_lease_seconds of at least 10"),
     ("record: true", "record: sometimes", "tenants[0].queues[0].record: Input should be "
-                                          "'always' or 'never'"),
+                                          "'always', 'never' or 'on_demand'"),
     ("priority: 7}", "priority: 100}", "tenants[0].inbound_routes[1].priority: Input should "
                                        "be less than or equal to 99"),
     ('destination: "agent:1001"}', 'destination: "agent:1001", priority: 3}',
@@ -304,7 +304,7 @@ def test_an_answered_recorded_call_names_its_file_in_the_stream() -> None:
     (event,) = events.events
     assert (event.tenant, event.event) == ("acme", "call_recording")
     assert event.fields == {"call": CALL, "queue": "sales", "agent": "1001",
-                            "recording": name}
+                            "recording": name, "mode": "always"}
 
 
 @pytest.mark.parametrize("recording", [
