@@ -46,7 +46,7 @@ from agi.handlers.queue_call import (
     QueueStore,
 )
 from agi.handlers.queue_setup import sync_queues
-from agi.handlers.transfer import Transfer
+from agi.handlers.transfer import Transfer, TransferAttended
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
 from omnicc.blacklist import check_caller_async
@@ -73,6 +73,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events, outbound),
         "transfer": Transfer(config, events),
+        "transfer_attended": TransferAttended(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted
         routes.update({"outbound_result": OutboundResult(outbound),

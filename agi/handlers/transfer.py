@@ -49,3 +49,30 @@ class Transfer:
                                   queue=decision.queue, **common)
         await session.set_variable("OMNICC_DID", decision.did)
         await answer_decision(session, decision)
+
+
+class TransferAttended:
+    """`transfer_attended?tenant=&agent=&target=&call=&consultation=`: an attended transfer,
+    seen when the consultation call's answering leg hangs up (omnicc-agent-leg-hangup):
+    agent `agent` had called `target` (the consultation, linkedid `consultation`) and
+    REFERred the caller's call (linkedid `call`) to it with Replaces; Asterisk bridged the
+    two. The parameters come from the dialplan and the config, never from the phone; the
+    event is logged only for two agents of the tenant."""
+
+    def __init__(self, config: OmniccConfig, events: EventLog):
+        self._config = config
+        self._events = events
+
+    async def __call__(self, session: AGISession) -> None:
+        p = session.request.params
+        tenant = self._config.tenant(p.get("tenant", ""))
+        agent, target = p.get("agent", ""), p.get("target", "")
+        if tenant is None or tenant.agent(agent) is None or tenant.agent(target) is None:
+            log.warning("transfer_attended ignored: tenant %r, agents %r -> %r",
+                        p.get("tenant", ""), agent, target)
+            return
+        await self._events.append(
+            tenant.name, "call_transferred", uniqueid=p.get("call", ""),
+            kind=TransferKind.ATTENDED.value, from_agent=agent, target=target,
+            destination="agent", agent=target, outcome="bridged",
+            consultation=p.get("consultation", ""), channel=session.request.channel)

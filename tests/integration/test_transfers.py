@@ -66,6 +66,11 @@ tenants:
 """
 
 
+# The agent transfers once the call is up: Asterisk bridges the caller with the agent's leg
+# just after the agent's 200 OK, and answers a REFER that comes before with 400 (invalid).
+BRIDGED = 1.0
+
+
 @pytest.fixture(scope="module")
 def transfer_stack() -> Iterator[RunningStack]:
     with stack_up("omnicc-it-transfer-", "transfer", TRANSFER_CONFIG) as running:
@@ -109,6 +114,7 @@ def test_blind_transfer_to_another_agent(transfer_stack: RunningStack,
                                     local_ip=TRUNK_IP, talk_ms=8000, name="blind-caller")
         caller.start()
         call = alice.answer()
+        time.sleep(BRIDGED)
         reply = alice.refer(call, f"<sip:1002@{DOMAIN}>")
         assert reply.status == 202, reply.first_line
         # Asterisk reports the transfer's outcome in the REFER's subscription (sipfrag);
@@ -141,6 +147,7 @@ def test_blind_transfer_to_a_queue_number(transfer_stack: RunningStack,
                                     local_ip=TRUNK_IP, talk_ms=5000, name="queue-caller")
         caller.start()
         call = alice.answer()
+        time.sleep(BRIDGED)
         assert alice.refer(call, f"<sip:5550103@{DOMAIN}>").status == 202
         assert alice.wait_for_outcome(call) == "SIP/2.0 200 OK"
         alice.finish(call)
@@ -171,6 +178,7 @@ def test_refused_transfer_target_dials_nothing(transfer_stack: RunningStack, sip
                                     name=f"refused-caller-{len(target)}")
         caller.start()
         call = alice.answer()
+        time.sleep(BRIDGED)
         reply = alice.refer(call, f"<sip:{target}@{DOMAIN}>")
         assert reply.status in (202, 400, 403, 404), reply.first_line
         if reply.status == 202:
@@ -200,6 +208,7 @@ def test_attended_transfer_bridges_the_caller_with_the_consulted_agent(
                                     local_ip=TRUNK_IP, talk_ms=10000, name="attended-caller")
         caller.start()
         call = alice.answer()
+        time.sleep(BRIDGED)
         consultation = alice.call("1002")
         reply = alice.refer(call, alice.replaces(consultation))
         assert reply.status == 202, reply.first_line
@@ -213,7 +222,12 @@ def test_attended_transfer_bridges_the_caller_with_the_consulted_agent(
     # 1002 was called once (the consultation) and hung up when the caller did.
     assert len(invites(bob)) == 1
     assert any(line.startswith("BYE ") for line in bob.first_lines())
-    events = read_events(transfer_stack.redis(), "default", since=since)
-    print(events)
-    attended = [e for e in events if e["event"] == "call_transferred"]
-    assert attended and attended[0]["kind"] == "attended", events
+    # Logged when 1002's leg hung up: the caller's call (the uniqueid its routing had),
+    # transferred by 1001 to 1002 after consulting it.
+    [transfer] = transfers_since(transfer_stack, since)
+    [routed] = [e for e in read_events(transfer_stack.redis(), "default", since=since)
+                if e["event"] == "call_routed"]
+    assert transfer["kind"] == "attended" and transfer["outcome"] == "bridged"
+    assert (transfer["from_agent"], transfer["target"]) == ("1001", "1002")
+    assert transfer["uniqueid"] == routed["uniqueid"]
+    assert transfer["consultation"] and transfer["consultation"] != routed["uniqueid"]

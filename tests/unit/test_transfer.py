@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agi.handlers.transfer import Transfer
+from agi.handlers.transfer import Transfer, TransferAttended
 from omnicc.config import OmniccConfig, parse_config
 from omnicc.routing import RoutingError
 from omnicc.transfer import decide_transfer
@@ -100,4 +100,30 @@ def test_the_handler_logs_nothing_for_an_unknown_tenant(config: OmniccConfig) ->
     record = run_handler(Transfer(config, as_event_log(events)), "transfer",
                          {"tenant": "", "target": "1002"})
     assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert events.events == []
+
+
+def test_an_attended_transfer_is_logged_with_the_callers_call(config: OmniccConfig) -> None:
+    events = MemoryEventLog()
+    record = run_handler(TransferAttended(config, as_event_log(events)), "transfer_attended", {
+        "tenant": "acme", "agent": "1001", "target": "1002", "call": "node-1.0",
+        "consultation": "node-1.2"})
+    assert record.commands == []  # a hang-up handler: it only records
+    (event,) = events.events
+    assert (event.tenant, event.event) == ("acme", "call_transferred")
+    assert event.fields["kind"] == "attended" and event.fields["outcome"] == "bridged"
+    assert (event.fields["uniqueid"], event.fields["consultation"]) == ("node-1.0", "node-1.2")
+    assert (event.fields["from_agent"], event.fields["target"]) == ("1001", "1002")
+
+
+@pytest.mark.parametrize("params", [
+    {"tenant": "initech", "agent": "1001", "target": "1002"},
+    {"tenant": "acme", "agent": "2001", "target": "1002"},   # globex's agent
+    {"tenant": "acme", "agent": "1001", "target": "5550103"},
+])
+def test_an_attended_transfer_between_non_agents_is_not_logged(
+    config: OmniccConfig, params: dict[str, str]
+) -> None:
+    events = MemoryEventLog()
+    run_handler(TransferAttended(config, as_event_log(events)), "transfer_attended", params)
     assert events.events == []
