@@ -102,7 +102,8 @@ class InboundRoute:
         await session.set_variable("OMNICC_ROUTE_RECORDING", recording)
         await self._events.append(
             decision.tenant, "call_recording", call=session.request.uniqueid, route=route,
-            agent=decision.agent, queue=decision.queue, recording=recording, **common)
+            agent=decision.agent, queue=decision.queue, recording=recording, mode="always",
+            **common)
 
     async def _routed(self, decision: InboundDecision, route: str,
                       common: dict[str, Any]) -> None:

@@ -81,6 +81,8 @@ def test_a_recording_route_leaves_the_file_its_event_names(
         "5550130", "5550130", "1001")
     assert recording["recording"].startswith("default/route-5550130/")
     assert recording["recording"].endswith(f"/{routed['uniqueid']}.wav")
+    assert recordings_of(recording_stack, routed["uniqueid"]) == [
+        ("", "1001", "always", recording["recording"])]
     path = monitor_dir(recording_stack) / recording["recording"]
     deadline = time.monotonic() + 5  # MixMonitor closes the file as the channel goes
     while not (path.exists() and path.stat().st_size > 8000):
@@ -187,6 +189,24 @@ def test_an_agent_keying_the_code_records_an_on_demand_queue_call(
         assert time.monotonic() < deadline, f"no recording at {path}"
         time.sleep(0.1)
     assert path.read_bytes()[:4] == b"RIFF"
+    # Indexed with its call in PostgreSQL (the history writer; sql/002_recordings.sql).
+    assert recordings_of(recording_stack, answered["call"]) == [
+        ("desk", "1001", "on_demand", recording["recording"])]
+
+
+def recordings_of(stack: RunningStack, call: str) -> list[tuple[str, str, str, str]]:
+    """The call_recording view's rows of `call`, once the history writer stored them."""
+    import psycopg
+
+    deadline = time.monotonic() + 20
+    while True:
+        with psycopg.connect(stack.stack.postgres_dsn()) as conn:
+            rows = conn.execute(
+                "SELECT queue, agent, mode, recording FROM call_recording"
+                " WHERE tenant = 'default' AND call = %s", (call,)).fetchall()
+        if rows or time.monotonic() > deadline:
+            return [tuple(r) for r in rows]
+        time.sleep(0.2)
 
 
 def test_an_on_demand_queue_call_nobody_records_leaves_no_file(

@@ -102,7 +102,7 @@ def test_migrate_applies_each_migration_once(lifecycle_dir: Path) -> None:
                   lifecycle_dir / "var")
     with psycopg.connect(stack.postgres_dsn()) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM schema_migration ORDER BY name")]
-        assert names == ["001_init.sql"]
+        assert names == ["001_init.sql", "002_recordings.sql"]
         conn.execute("SELECT tenant, stream_id, event FROM call_event LIMIT 1")
 
 
