@@ -411,6 +411,32 @@ class Queue(_Strict):
         return self.overflow if self.overflow is not None else self.failover
 
 
+class CustomerLookup(_Strict):
+    """Customer identification by an HTTP lookup of the caller's number (omnicc/
+    customer_lookup.py): GET url with ?caller=NUMBER, within timeout_ms; the answer names
+    the customer and may name the destination; on any failure the call goes to fallback."""
+
+    url: str
+    timeout_ms: int = Field(default=500, ge=50, le=10000)
+    fallback: Destination
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from omnicc.customer_lookup import LookupUrlError, parse_lookup_url
+
+        try:
+            parse_lookup_url(value)
+        except LookupUrlError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _destination(cls, value: Any) -> Any:
+        return _destination_value(value)
+
+
 class InboundRoute(_Strict):
     """A DID (exact: ``did``) or an Asterisk dial pattern of DIDs (``pattern: _55501XX``)
     and its destination. An exact DID beats every pattern; among patterns the most
@@ -423,6 +449,8 @@ class InboundRoute(_Strict):
     priority: int = Field(default=0, ge=0, le=MAX_QUEUE_PRIORITY)
     # always: MixMonitor the call's bridged parts into {tenant}/route-{did}/{date}/{uniqueid}.wav.
     record: RecordPolicy = "never"
+    # Ask an HTTP service who the caller is (and maybe where the call goes) first.
+    lookup: CustomerLookup | None = None
 
     @field_validator("record", mode="before")
     @classmethod
@@ -851,6 +879,9 @@ class Tenant(_Strict):
         for index, route in enumerate(self.inbound_routes):
             check(route.destination, ("inbound_routes", index, "destination"),
                   f"inbound route {route.match}")
+            if route.lookup is not None:
+                check(route.lookup.fallback, ("inbound_routes", index, "lookup", "fallback"),
+                      f"the lookup fallback of inbound route {route.match}")
         check(self.blacklist.destination, ("blacklist", "destination"),
               "the blacklist destination")
         groups = {g.name for g in self.time_groups}

@@ -11,7 +11,9 @@ on the blacklist check leaves the cause empty: 503, the carrier tries elsewhere)
 Every decision is appended to the tenant's event stream: call_blacklisted, one
 time_condition per time condition passed, call_routed (or call_unrouted), and for a
 route with `record: always` a call_recording event naming the file (omnicc/recording.py)
-that the dialplan records the call into (OMNICC_ROUTE_RECORDING).
+that the dialplan records the call into (OMNICC_ROUTE_RECORDING). A route with a `lookup`
+asks an HTTP service who the caller is first (omnicc/customer_lookup.py): OMNICC_CUSTOMER
+and customer_identified, or customer_lookup_failed and the lookup's fallback.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from redis.exceptions import RedisError
 
 from agi.handlers.route_answers import Q850_NO_CIRCUIT, answer_decision, answer_unrouted
 from agi.protocol import AGISession
-from omnicc.config import OmniccConfig
+from omnicc.config import InboundRoute as InboundRouteConfig
+from omnicc.config import OmniccConfig, Tenant
+from omnicc.customer_lookup import LookupFailed, look_up
 from omnicc.events import EventLog
 from omnicc.recording import route_recording_file
 from omnicc.routing import (
@@ -73,6 +77,9 @@ class InboundRoute:
                     await answer_decision(session, decision)
                     return
             decision = decide_inbound(self._config, tenant_name, did, self._clock)
+            route = tenant.inbound_route(did) if tenant is not None else None
+            if tenant is not None and route is not None and route.lookup is not None:
+                decision = await self._identify(session, tenant, route, did, common)
         except RedisError as exc:
             log.error("call %s: blacklist check failed: %s", req.uniqueid, exc)
             await answer_unrouted(session, f"blacklist check failed: {exc}", Q850_NO_CIRCUIT)
@@ -84,11 +91,36 @@ class InboundRoute:
                                           **common)
             await answer_unrouted(session, str(exc))
             return
-        route = tenant.inbound_route(did) if tenant is not None else None
         await self._routed(decision, route.match if route else "", common)
         if route is not None and route.record == "always":
             await self._record(session, decision, route.match, common)
         await answer_decision(session, decision)
+
+    async def _identify(self, session: AGISession, tenant: Tenant, route: InboundRouteConfig,
+                        did: str, common: dict[str, Any]) -> InboundDecision:
+        """Who is calling (the route's HTTP lookup): OMNICC_CUSTOMER and a
+        customer_identified event, and the answer's destination or the route's; on any
+        failure a customer_lookup_failed event and the lookup's fallback."""
+        lookup = route.lookup
+        assert lookup is not None
+        try:
+            answer = await look_up(tenant, lookup.url, session.request.callerid,
+                                   lookup.timeout_ms)
+        except LookupFailed as exc:
+            log.warning("call %s: customer lookup failed, to %s: %s",
+                        session.request.uniqueid, lookup.fallback, exc)
+            await self._events.append(tenant.name, "customer_lookup_failed", reason=str(exc),
+                                      route=route.match, destination=str(lookup.fallback),
+                                      **common)
+            return decide_destination(tenant, did, lookup.fallback, route.priority,
+                                      clock=self._clock)
+        dest = answer.destination or route.destination
+        await session.set_variable("OMNICC_CUSTOMER", answer.customer_id)
+        await self._events.append(tenant.name, "customer_identified",
+                                  customer_id=answer.customer_id, route=route.match,
+                                  destination=str(dest), **common)
+        priority = route.priority if dest.kind == "queue" else None
+        return decide_destination(tenant, did, dest, priority, clock=self._clock)
 
     async def _record(self, session: AGISession, decision: InboundDecision, route: str,
                       common: dict[str, Any]) -> None:
