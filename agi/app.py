@@ -72,7 +72,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "ivr_entry": IvrEntry(config, events),
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events, outbound),
-        "transfer": Transfer(config, events),
+        "transfer": Transfer(config, events, outbound),
         "transfer_attended": TransferAttended(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted

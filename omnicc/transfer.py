@@ -3,7 +3,8 @@
 A blind transfer (a REFER from the agent's phone) moves the caller's channel to the
 dialplan context omnicc-transfer with the Refer-To's user part as the extension. Nothing
 in it is trusted: it is checked as a dialled number, then looked up in the caller's own
-tenant only: one of its agents, or one of its inbound routes' DIDs (a queue, an IVR, ...).
+tenant only: one of its agents, or one of its inbound routes' DIDs (a queue, an IVR, ...);
+any other number is an OutsideTarget, for the tenant's outbound routes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from omnicc.routing import (
     decide_inbound,
     system_clock,
 )
+
+
+class OutsideTarget(RoutingError):
+    """A well-formed number that is neither an agent nor a DID of the tenant: only the
+    tenant's outbound routes may take it (agi/handlers/transfer.py)."""
 
 
 class TransferKind(StrEnum):
@@ -41,6 +47,6 @@ def decide_transfer(config: OmniccConfig, tenant_name: str, target: str,
         return InboundDecision(tenant=tenant.name, did=target, destination="agent",
                                agent=target, dial=agent_dial(tenant, target))
     if tenant.inbound_route(target) is None:
-        raise RoutingError(f"transfer target {target!r} is neither an agent nor a DID of "
+        raise OutsideTarget(f"transfer target {target!r} is neither an agent nor a DID of "
                            f"tenant {tenant.name}")
     return decide_inbound(config, tenant.name, target, clock)

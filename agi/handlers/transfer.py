@@ -5,28 +5,35 @@ is the Refer-To's user part, exactly as the phone sent it, `agent` the agent the
 with (OMNICC_AGENT, may be empty), `transferer` Asterisk's BLINDTRANSFER (the agent's
 channel). The target is checked and looked up in the channel's tenant only
 (omnicc/transfer.py): the answer is the same as an inbound route's, and the dialplan
-carries it out at omnicc-from-kamailio's `route` label. Either way a `call_transferred`
-event says who transferred which call to what, and the outcome.
+carries it out at omnicc-from-kamailio's `route` label. Any other number goes out by the
+tenant's outbound routes as if the agent had dialled it (agi/handlers/outbound_call.py:
+checked, routed, OMNICC_DEST=outbound, carried out at omnicc-from-agent's `outbound`
+label), when the tenant has outbound routes and `agent` is one of its agents. Either way
+a `call_transferred` event says who transferred which call to what, and the outcome.
 """
 
 from __future__ import annotations
 
 import logging
 
+from agi.handlers.outbound_call import OutboundCalls
 from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
+from omnicc.outbound import OutboundRefused
 from omnicc.routing import RoutingError
-from omnicc.transfer import TransferKind, decide_transfer
+from omnicc.transfer import OutsideTarget, TransferKind, decide_transfer
 
 log = logging.getLogger("omnicc.agi.transfer")
 
 
 class Transfer:
-    def __init__(self, config: OmniccConfig, events: EventLog):
+    def __init__(self, config: OmniccConfig, events: EventLog,
+                 outbound: OutboundCalls | None = None):
         self._config = config
         self._events = events
+        self._outbound = outbound
 
     async def __call__(self, session: AGISession) -> None:
         req = session.request
@@ -35,20 +42,45 @@ class Transfer:
         common = {"uniqueid": req.uniqueid, "kind": TransferKind.BLIND.value,
                   "from_agent": req.params.get("agent", ""), "target": target,
                   "transferer": req.params.get("transferer", ""), "channel": req.channel}
+        tenant = self._config.tenant(tenant_name)
+        from_agent = common["from_agent"]
         try:
             decision = decide_transfer(self._config, tenant_name, target)
+        except OutsideTarget as exc:
+            if (self._outbound is None or tenant is None or not tenant.outbound_routes
+                    or tenant.agent(from_agent) is None):
+                await self._refuse(session, tenant_name, target, exc, common)
+                return
+            try:
+                tenant.plan_outbound(target)
+            except OutboundRefused as refused:
+                await self._events.append(tenant.name, "call_transferred", outcome="refused",
+                                          reason=str(refused), **common)
+            else:
+                await self._events.append(tenant.name, "call_transferred", outcome="routed",
+                                          destination="outbound", **common)
+            # What omnicc-from-agent's outbound label and outbound_result read.
+            await session.set_variable("OMNICC_DID", target)
+            await session.set_variable("OMNICC_AGENT_FROM", from_agent)
+            await self._outbound.start(session, tenant, from_agent, target)
+            return
         except RoutingError as exc:
-            log.info("transfer of %s to %r refused: %s", req.uniqueid, target, exc)
-            if self._config.tenant(tenant_name) is not None:
-                await self._events.append(tenant_name, "call_transferred", outcome="refused",
-                                          reason=str(exc), **common)
-            await answer_unrouted(session, str(exc))
+            await self._refuse(session, tenant_name, target, exc, common)
             return
         await self._events.append(decision.tenant, "call_transferred", outcome="routed",
                                   destination=decision.destination, agent=decision.agent,
                                   queue=decision.queue, **common)
         await session.set_variable("OMNICC_DID", decision.did)
         await answer_decision(session, decision)
+
+    async def _refuse(self, session: AGISession, tenant_name: str, target: str,
+                      exc: RoutingError, common: dict[str, str]) -> None:
+        req = session.request
+        log.info("transfer of %s to %r refused: %s", req.uniqueid, target, exc)
+        if self._config.tenant(tenant_name) is not None:
+            await self._events.append(tenant_name, "call_transferred", outcome="refused",
+                                      reason=str(exc), **common)
+        await answer_unrouted(session, str(exc))
 
 
 class TransferAttended:

@@ -28,7 +28,7 @@ from omnicc import sipp
 from omnicc.events import read_events
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .conftest import DOMAIN, TRUNK_IP, RunningStack, free_ports, stack_up
 from .raw_agent import RawAgent
 from .test_first_call import PASSWORDS, agent_online, now_id
 
@@ -51,9 +51,13 @@ tenants:
       - {{extension: "1002", name: Bob,   password: "it-pass-1002"}}
     trunks:
       - {{name: test-carrier, address: {trunk}}}
+      - {{name: carrier-out, address: 127.0.0.8, dial_host: 127.0.0.8, dial_port: {carrier}}}
     inbound_routes:
       - {{did: "5550100", destination: "agent:1001"}}
       - {{did: "5550103", destination: "queue:backlog"}}
+    outbound_routes:
+      - {{name: national, patterns: [_9NXXXXXX], strip: 1, prepend: "+34",
+          trunks: [carrier-out]}}
     queues:
       - name: backlog           # nobody logs in: a call transferred here waits
         members: [{{agent: "1002"}}]
@@ -73,7 +77,9 @@ BRIDGED = 1.0
 
 @pytest.fixture(scope="module")
 def transfer_stack() -> Iterator[RunningStack]:
-    with stack_up("omnicc-it-transfer-", "transfer", TRANSFER_CONFIG) as running:
+    [carrier] = free_ports(1)
+    with stack_up("omnicc-it-transfer-", "transfer", TRANSFER_CONFIG,
+                  carrier=carrier) as running:
         yield running
 
 
@@ -159,6 +165,42 @@ def test_blind_transfer_to_a_queue_number(transfer_stack: RunningStack,
     events = read_events(transfer_stack.redis(), "default", since=since)
     assert any(e["event"].startswith("queue") or e.get("queue") == "backlog"
                for e in events if e["event"] != "call_transferred"), events
+
+
+def test_blind_transfer_to_an_outside_number_goes_out_by_the_outbound_routes(
+    transfer_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """95551234: route national (strip 1, prepend +34) to the carrier, a SIPp UAS that
+    answers; the caller talks to it and hangs up."""
+    since = now_id()
+    trunk = transfer_stack.config.tenants[0].trunk("carrier-out")
+    assert trunk is not None
+    carrier = SippRun("carrier-out", [
+        sipp.sipp_binary(), "-sf", str(sipp.SCENARIOS / "carrier_answers.xml"),
+        "-i", "127.0.0.8", "-p", str(trunk.dial_port), "-m", "1",
+        *sipp._common("carrier-out", sipp_dir)], sipp_dir).start()
+    try:
+        with transferring_agent(transfer_stack) as alice:
+            caller = sipp.carrier_calls(sipp_dir, proxy=transfer_stack.proxy,
+                                        did="5550100", local_ip=TRUNK_IP, talk_ms=6000,
+                                        name="outside-caller")
+            caller.start()
+            call = alice.answer()
+            time.sleep(BRIDGED)
+            assert alice.refer(call, f"<sip:95551234@{DOMAIN}>").status == 202
+            assert alice.wait_for_outcome(call) == "SIP/2.0 200 OK"
+            alice.finish(call)
+            assert caller.wait(timeout=30) == 0, caller.trace()
+            assert carrier.wait(timeout=15) == 0, carrier.trace()
+    finally:
+        carrier.stop()
+    assert invites(carrier)[0].startswith("INVITE sip:+345551234@127.0.0.8")
+    [transfer] = transfers_since(transfer_stack, since)
+    assert (transfer["outcome"], transfer["destination"]) == ("routed", "outbound")
+    events = read_events(transfer_stack.redis(), "default", since=since)
+    [routed] = [e for e in events if e["event"] == "outbound_routed"]
+    assert (routed["route"], routed["number"], routed["agent"]) == \
+        ("national", "+345551234", "1001")
 
 
 @pytest.mark.parametrize("target", [

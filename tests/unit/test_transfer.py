@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from agi.handlers.outbound_call import OutboundCalls
 from agi.handlers.transfer import Transfer, TransferAttended
 from omnicc.config import OmniccConfig, parse_config
 from omnicc.routing import RoutingError
-from omnicc.transfer import decide_transfer
+from omnicc.transfer import OutsideTarget, decide_transfer
 
 from .test_agi_handlers import MemoryEventLog, as_event_log, run_handler
 
@@ -25,6 +26,10 @@ tenants:
       - {did: "5550199", destination: "hangup"}
     queues:
       - {name: support, members: [{agent: "1002"}]}
+    trunks:
+      - {name: carrier, address: 192.0.2.1, dial_host: 192.0.2.1}
+    outbound_routes:
+      - {name: national, patterns: [_9NXXXXXX], strip: 1, prepend: "+34", trunks: [carrier]}
   - name: globex
     domain: globex.example
     agents: [{extension: "2001", password: "globex-pass-2001"}]
@@ -127,3 +132,44 @@ def test_an_attended_transfer_between_non_agents_is_not_logged(
     events = MemoryEventLog()
     run_handler(TransferAttended(config, as_event_log(events)), "transfer_attended", params)
     assert events.events == []
+
+
+def test_an_outside_number_is_told_apart(config: OmniccConfig) -> None:
+    with pytest.raises(OutsideTarget):
+        decide_transfer(config, "acme", "95551234")
+
+
+def outbound_transfer(config: OmniccConfig, events: MemoryEventLog, target: str,
+                      agent: str = "1001"):
+    handler = Transfer(config, as_event_log(events), OutboundCalls(config, as_event_log(events),
+                                                                   None))
+    return run_handler(handler, "transfer", {"tenant": "acme", "target": target,
+                                             "agent": agent})
+
+
+def test_an_outside_number_goes_out_by_the_outbound_routes(config: OmniccConfig) -> None:
+    events = MemoryEventLog()
+    record = outbound_transfer(config, events, "95551234")
+    assert record.variables["OMNICC_STATUS"] == "OK"
+    assert record.variables["OMNICC_DEST"] == "outbound"
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/+345551234@trunk.acme.carrier"
+    assert record.variables["OMNICC_DID"] == "95551234"
+    assert record.variables["OMNICC_AGENT_FROM"] == "1001"
+    transferred = [e for e in events.events if e.event == "call_transferred"]
+    assert [(e.fields["outcome"], e.fields["destination"]) for e in transferred] == \
+        [("routed", "outbound")]
+
+
+@pytest.mark.parametrize(("target", "agent"), [
+    ("5551234", "1001"),   # no route matches
+    ("95551234", ""),      # no agent known for the call (the queue case): not dialled out
+])
+def test_an_outside_number_without_route_or_agent_dials_nothing(
+    config: OmniccConfig, target: str, agent: str
+) -> None:
+    events = MemoryEventLog()
+    record = outbound_transfer(config, events, target, agent)
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert "OMNICC_DIAL" not in record.variables
+    transferred = [e for e in events.events if e.event == "call_transferred"]
+    assert [e.fields["outcome"] for e in transferred] == ["refused"]
