@@ -1,9 +1,11 @@
-"""Recording per inbound route (`record: always | never`), end to end through real
+"""Recording and customer identification, end to end through real
 Kamailio, Asterisk, the FastAGI server and Redis, with SIPp as carrier and agent phone:
 a recording route's call to an agent leaves a WAV file under Asterisk's monitor directory,
 named by the call_recording event; a route that does not record leaves none. In an
 on_demand queue, the agent's phone keys *3 (RFC 4733, SIPp's captures) during the call and
-the call's file appears; an agent who keys nothing leaves none.
+the call's file appears; an agent who keys nothing leaves none. An inbound route's HTTP
+customer lookup (a local HTTP server in the test) sends the call where the answer says, or,
+when the service is too slow, to the lookup's fallback.
 
 Its own stack (one for the module): the config below.
 """
@@ -11,10 +13,13 @@ Its own stack (one for the module): the config below.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -51,6 +56,10 @@ tenants:
       - {{did: "5550130", destination: "agent:1001", record: always}}
       - {{did: "5550131", destination: "agent:1001", record: never}}
       - {{did: "5550132", destination: "queue:desk"}}
+      - {{did: "5550140", destination: "hangup", lookup: {{url: "http://127.0.0.1:LOOKUP_PORT/who",
+          timeout_ms: 500, fallback: "busy"}}}}
+      - {{did: "5550141", destination: "hangup", lookup: {{url: "http://127.0.0.1:LOOKUP_PORT/slow",
+          timeout_ms: 300, fallback: "agent:1001"}}}}
     queues:
       - name: desk
         members: [{{agent: "1001"}}]
@@ -60,9 +69,40 @@ tenants:
 """
 
 
+class CustomerService(BaseHTTPRequestHandler):
+    """The operator's CRM: /who knows every caller (to agent 1001); /slow answers late."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.startswith("/slow"):
+            time.sleep(1.5)
+        body = json.dumps({"customer_id": "c-42", "destination": "agent:1001"}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # omnicc stopped waiting
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
 @pytest.fixture(scope="module")
-def recording_stack() -> Iterator[RunningStack]:
-    with stack_up("omnicc-it-recording-", "recording", RECORDING_CONFIG) as running:
+def customer_service() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CustomerService)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def recording_stack(customer_service: int) -> Iterator[RunningStack]:
+    config = RECORDING_CONFIG.replace("LOOKUP_PORT", str(customer_service))
+    with stack_up("omnicc-it-recording-", "recording", config) as running:
         yield running
 
 
@@ -217,3 +257,30 @@ def test_an_on_demand_queue_call_nobody_records_leaves_no_file(
     (answered,) = [e for e in events if e["event"] == "call_answered"]
     assert "call_recording" not in [e["event"] for e in events]
     assert list(monitor_dir(recording_stack).rglob(f"*{answered['call']}*")) == []
+
+
+# ---------------------------------------------------------------------------- customer lookup
+
+
+@pytest.mark.parametrize(("did", "event"), [("5550140", "customer_identified"),
+                                            ("5550141", "customer_lookup_failed")])
+def test_a_customer_lookup_routes_the_call_or_falls_back(
+        recording_stack: RunningStack, sipp_dir: Path, did: str, event: str) -> None:
+    """Both routes' own destination is hangup: the agent is reached only through the
+    service's answer (5550140) or the lookup's fallback when it is too slow (5550141)."""
+    since = now_id()
+    with agent_online(recording_stack, sipp_dir, "1001") as phone:
+        caller = sipp.carrier_calls(sipp_dir, proxy=recording_stack.proxy, did=did,
+                                    local_ip=TRUNK_IP, talk_ms=1000, name=f"lookup-{did}")
+        assert caller.run(timeout=60) == 0, caller.trace()
+        assert phone.wait(timeout=15) == 0, phone.trace()
+        events = wait_for_events(recording_stack, since, {event, "call_routed"})
+    (looked_up,) = [e for e in events if e["event"] == event]
+    (routed,) = [e for e in events if e["event"] == "call_routed"]
+    assert looked_up["uniqueid"] == routed["uniqueid"]
+    assert (routed["destination"], routed["agent"]) == ("agent", "1001")
+    if event == "customer_identified":
+        assert (looked_up["customer_id"], looked_up["destination"]) == ("c-42", "agent:1001")
+    else:
+        assert looked_up["reason"] == "no answer within 300 ms"
+        assert looked_up["destination"] == "agent:1001"
