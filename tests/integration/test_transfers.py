@@ -117,7 +117,7 @@ def test_blind_transfer_to_another_agent(transfer_stack: RunningStack,
     with transferring_agent(transfer_stack) as alice, \
             agent_online(transfer_stack, sipp_dir, "1002") as bob:
         caller = sipp.carrier_calls(sipp_dir, proxy=transfer_stack.proxy, did="5550100",
-                                    local_ip=TRUNK_IP, talk_ms=8000, name="blind-caller")
+                                    local_ip=TRUNK_IP, talk_ms=5000, name="blind-caller")
         caller.start()
         call = alice.answer()
         time.sleep(BRIDGED)
@@ -150,7 +150,7 @@ def test_blind_transfer_to_a_queue_number(transfer_stack: RunningStack,
     since = now_id()
     with transferring_agent(transfer_stack) as alice:
         caller = sipp.carrier_calls(sipp_dir, proxy=transfer_stack.proxy, did="5550100",
-                                    local_ip=TRUNK_IP, talk_ms=5000, name="queue-caller")
+                                    local_ip=TRUNK_IP, talk_ms=4000, name="queue-caller")
         caller.start()
         call = alice.answer()
         time.sleep(BRIDGED)
@@ -182,7 +182,7 @@ def test_blind_transfer_to_an_outside_number_goes_out_by_the_outbound_routes(
     try:
         with transferring_agent(transfer_stack) as alice:
             caller = sipp.carrier_calls(sipp_dir, proxy=transfer_stack.proxy,
-                                        did="5550100", local_ip=TRUNK_IP, talk_ms=6000,
+                                        did="5550100", local_ip=TRUNK_IP, talk_ms=5000,
                                         name="outside-caller")
             caller.start()
             call = alice.answer()
@@ -247,7 +247,7 @@ def test_attended_transfer_bridges_the_caller_with_the_consulted_agent(
     with transferring_agent(transfer_stack) as alice, \
             agent_online(transfer_stack, sipp_dir, "1002") as bob:
         caller = sipp.carrier_calls(sipp_dir, proxy=transfer_stack.proxy, did="5550100",
-                                    local_ip=TRUNK_IP, talk_ms=10000, name="attended-caller")
+                                    local_ip=TRUNK_IP, talk_ms=7000, name="attended-caller")
         caller.start()
         call = alice.answer()
         time.sleep(BRIDGED)
