@@ -28,6 +28,7 @@ from agi.acd_tick import (
 from agi.handlers.agent_call import AgentCall
 from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
+from agi.handlers.customer_entry import CustomerEntry
 from agi.handlers.health import health
 from agi.handlers.inbound_route import BlacklistCheck, InboundRoute
 from agi.handlers.ivr import IvrEntry
@@ -72,6 +73,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "ivr_entry": IvrEntry(config, events),
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events, outbound),
+        "customer_entry": CustomerEntry(config, events),
         "transfer": Transfer(config, events, outbound),
         "transfer_attended": TransferAttended(config, events),
     }

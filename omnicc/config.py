@@ -437,6 +437,20 @@ class CustomerLookup(_Strict):
         return _destination_value(value)
 
 
+class AccountEntry(_Strict):
+    """Customer identification by DTMF: `prompt` plays while the caller keys an account
+    number (digits only, up to max_digits, timeout_seconds after the prompt)."""
+
+    prompt: str
+    max_digits: int = Field(default=8, ge=1, le=20)
+    timeout_seconds: int = Field(default=5, ge=1, le=30)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _sound(value)
+
+
 class InboundRoute(_Strict):
     """A DID (exact: ``did``) or an Asterisk dial pattern of DIDs (``pattern: _55501XX``)
     and its destination. An exact DID beats every pattern; among patterns the most
@@ -451,6 +465,8 @@ class InboundRoute(_Strict):
     record: RecordPolicy = "never"
     # Ask an HTTP service who the caller is (and maybe where the call goes) first.
     lookup: CustomerLookup | None = None
+    # Ask the caller for an account number (DTMF) before the call goes on.
+    account_entry: AccountEntry | None = None
 
     @field_validator("record", mode="before")
     @classmethod

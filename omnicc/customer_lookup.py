@@ -9,6 +9,10 @@ plain. Anything else (timeout, refused connection, another status, bad JSON, an 
 destination) is a LookupFailed: the call goes to the lookup's fallback.
 
 Parsing and checking are pure; `fetch` is the only I/O (asyncio streams, no client library).
+
+The other way to identify a customer, by DTMF (a route's `account_entry`), only needs
+`account_id`: what the caller keyed is an account number when it is digits only and not
+longer than the route allows.
 """
 
 from __future__ import annotations
@@ -152,3 +156,11 @@ async def fetch(url: LookupUrl, caller: str, timeout_s: float) -> bytes:
 async def look_up(tenant: Tenant, url: str, caller: str, timeout_ms: int) -> LookupAnswer:
     raw = await fetch(parse_lookup_url(url), caller, timeout_ms / 1000)
     return parse_answer(tenant, parse_response(raw))
+
+
+def account_id(entry: str, max_digits: int) -> str | None:
+    """The account number the caller keyed, or None: nothing keyed, anything but digits
+    (Read() also returns '*'), or more than max_digits."""
+    if not entry or len(entry) > max_digits or not all("0" <= ch <= "9" for ch in entry):
+        return None
+    return entry

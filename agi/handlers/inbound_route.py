@@ -94,6 +94,12 @@ class InboundRoute:
         await self._routed(decision, route.match if route else "", common)
         if route is not None and route.record == "always":
             await self._record(session, decision, route.match, common)
+        if route is not None and route.account_entry is not None:
+            # The dialplan reads the account number (customer_entry) before the call goes on.
+            entry = route.account_entry
+            await session.set_variable("OMNICC_ACCOUNT_PROMPT", entry.prompt)
+            await session.set_variable("OMNICC_ACCOUNT_DIGITS", str(entry.max_digits))
+            await session.set_variable("OMNICC_ACCOUNT_TIMEOUT", str(entry.timeout_seconds))
         await answer_decision(session, decision)
 
     async def _identify(self, session: AGISession, tenant: Tenant, route: InboundRouteConfig,

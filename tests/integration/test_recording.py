@@ -5,7 +5,8 @@ named by the call_recording event; a route that does not record leaves none. In 
 on_demand queue, the agent's phone keys *3 (RFC 4733, SIPp's captures) during the call and
 the call's file appears; an agent who keys nothing leaves none. An inbound route's HTTP
 customer lookup (a local HTTP server in the test) sends the call where the answer says, or,
-when the service is too slow, to the lookup's fallback.
+when the service is too slow, to the lookup's fallback. A route with account_entry reads
+the caller's account number (RFC 4733) into the customer id.
 
 Its own stack (one for the module): the config below.
 """
@@ -60,6 +61,8 @@ tenants:
           timeout_ms: 500, fallback: "busy"}}}}
       - {{did: "5550141", destination: "hangup", lookup: {{url: "http://127.0.0.1:LOOKUP_PORT/slow",
           timeout_ms: 300, fallback: "agent:1001"}}}}
+      - {{did: "5550150", destination: "hangup",
+          account_entry: {{prompt: beep, max_digits: 6, timeout_seconds: 2}}}}
     queues:
       - name: desk
         members: [{{agent: "1001"}}]
@@ -284,3 +287,19 @@ def test_a_customer_lookup_routes_the_call_or_falls_back(
     else:
         assert looked_up["reason"] == "no answer within 300 ms"
         assert looked_up["destination"] == "agent:1001"
+
+
+def test_a_caller_keying_an_account_number_is_identified(
+        recording_stack: RunningStack, sipp_dir: Path) -> None:
+    since = now_id()
+    shutil.copy(SIPP_CAPTURES / "dtmf_2833_7.pcap", sipp_dir / "dtmf.pcap")
+    caller = sipp.carrier_calls(sipp_dir, proxy=recording_stack.proxy, did="5550150",
+                                local_ip=TRUNK_IP, scenario="caller_keys_dtmf.xml",
+                                talk_ms=500, name="account-7")
+    assert caller.run(timeout=60) == 0, caller.trace()
+    events = wait_for_events(recording_stack, since, {"customer_identified", "call_routed"})
+    (identified,) = [e for e in events if e["event"] == "customer_identified"]
+    (routed,) = [e for e in events if e["event"] == "call_routed"]
+    assert (identified["customer_id"], identified["method"], identified["route"]) == (
+        "7", "dtmf", "5550150")
+    assert identified["uniqueid"] == routed["uniqueid"]

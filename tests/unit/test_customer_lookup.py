@@ -1,7 +1,8 @@
 """Customer identification by an HTTP lookup (omnicc/customer_lookup.py): the config key,
 the URL and request (the caller's number percent-encoded, never raw), the strict reading
 of the answer, and the inbound_route handler over the fake Asterisk against a tiny local
-HTTP server that answers good JSON, slowly, garbage, an unknown destination or 500."""
+HTTP server that answers good JSON, slowly, garbage, an unknown destination or 500; and
+identification by DTMF entry (a route's account_entry, the customer_entry handler)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from agi.handlers.customer_entry import CustomerEntry
 from agi.handlers.inbound_route import InboundRoute
 from agi.testing import FakeCallRecord, drive_session, run_async
 from omnicc.config import ConfigError, OmniccConfig, parse_config
 from omnicc.customer_lookup import (
     LookupFailed,
     LookupUrlError,
+    account_id,
     parse_answer,
     parse_lookup_url,
     parse_response,
@@ -248,3 +251,88 @@ def test_only_a_200_answer_has_a_body() -> None:
     for raw in (b"HTTP/1.0 404 Not Found\r\n\r\n{}", b"garbage", b"SSH-2.0\r\n\r\n"):
         with pytest.raises(LookupFailed):
             parse_response(raw)
+
+
+# ---------------------------------------------------------------------------- DTMF entry
+
+ENTRY_CONFIG = """\
+tenants:
+  - name: acme
+    domain: acme.example
+    agents:
+      - {extension: "1001", name: Alice, password: "pass-1001-long"}
+    inbound_routes:
+      - {did: "5550200", destination: "agent:1001",
+         account_entry: {prompt: beep, max_digits: 6, timeout_seconds: 3}}
+      - {did: "5550201", destination: "agent:1001"}
+"""
+
+
+@pytest.fixture(scope="module")
+def entry_config() -> OmniccConfig:
+    return parse_config(ENTRY_CONFIG)
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ("123456", "123456"), ("0", "0"), ("", None), ("1234567", None), ("12*4", None),
+    ("12#", None), ("١٢", None), ("12 3", None)])
+def test_an_account_number_is_digits_up_to_the_maximum(entry: str,
+                                                       expected: str | None) -> None:
+    assert account_id(entry, 6) == expected
+
+
+def test_a_route_with_account_entry_tells_the_dialplan_how_to_read(
+        entry_config: OmniccConfig) -> None:
+    log = MemoryEventLog()
+    record = run_async(drive_session(InboundRoute(entry_config, cast(EventLog, log)),
+                                     script="inbound_route",
+                                     params={"tenant": "acme", "did": "5550200"},
+                                     command_timeout=1.0))
+    assert (record.variables["OMNICC_ACCOUNT_PROMPT"], record.variables["OMNICC_ACCOUNT_DIGITS"],
+            record.variables["OMNICC_ACCOUNT_TIMEOUT"]) == ("beep", "6", "3")
+    assert record.variables["OMNICC_DEST"] == "agent"
+
+
+def entry(config: OmniccConfig, did: str, keyed: str) -> tuple[FakeCallRecord, MemoryEventLog]:
+    log = MemoryEventLog()
+    record = run_async(drive_session(CustomerEntry(config, cast(EventLog, log)),
+                                     script="customer_entry",
+                                     params={"tenant": "acme", "did": did, "entry": keyed},
+                                     command_timeout=1.0))
+    return record, log
+
+
+def test_a_keyed_account_number_identifies_the_customer(entry_config: OmniccConfig) -> None:
+    record, log = entry(entry_config, "5550200", "004217")
+    assert record.variables == {"OMNICC_CUSTOMER": "004217", "OMNICC_STATUS": "OK"}
+    (event,) = log.events
+    assert (event[1], event[2]["customer_id"], event[2]["method"], event[2]["route"]) == (
+        "customer_identified", "004217", "dtmf", "5550200")
+
+
+@pytest.mark.parametrize("keyed", ["", "1234567", "12*", "1;SET VARIABLE X 1"])
+def test_a_bad_entry_identifies_nobody_and_is_not_logged(entry_config: OmniccConfig,
+                                                         keyed: str) -> None:
+    record, log = entry(entry_config, "5550200", keyed)
+    assert record.variables == {"OMNICC_STATUS": "OK"}
+    (event,) = log.events
+    assert event[1] == "customer_entry_invalid" and event[2]["length"] == str(len(keyed))
+    assert keyed == "" or keyed not in str(event[2])
+
+
+@pytest.mark.parametrize(("tenant_did", "keyed"), [("5550201", "12"), ("9999", "12")])
+def test_an_entry_for_a_route_without_account_entry_is_an_error(
+        entry_config: OmniccConfig, tenant_did: str, keyed: str) -> None:
+    record, log = entry(entry_config, tenant_did, keyed)
+    assert record.variables == {"OMNICC_STATUS": "ERROR"}
+    assert log.events == []
+
+
+def test_the_config_refuses_a_bad_account_entry_with_its_key() -> None:
+    for old, new, key in [("max_digits: 6", "max_digits: 21", "account_entry.max_digits"),
+                          ("prompt: beep", "prompt: ../etc/x", "account_entry.prompt"),
+                          ("timeout_seconds: 3", "timeout_seconds: 0",
+                           "account_entry.timeout_seconds")]:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(ENTRY_CONFIG.replace(old, new))
+        assert any(key in p for p in caught.value.problems), caught.value.problems
