@@ -256,6 +256,15 @@ def free_ports(count: int) -> list[int]:
 
 
 
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def process_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after "pid (comm)"; index 0 is the state."""
     try:
@@ -828,6 +837,16 @@ class Bench:
     max_shortfall: float
     steps_run: int = 0
     watches: dict[str, LogWatch] = field(default_factory=dict)
+    sipp_ports: dict[str, int] = field(default_factory=dict)
+
+    def sipp_port(self, side: str) -> int:
+        """SIPp's port for a side: the same in every step, so each agent keeps one
+        contact, as a phone re-registering does (a new port would add a binding per step,
+        and a lost update of an old one would never be repaired)."""
+        port = self.sipp_ports.get(side)
+        if port is None or not udp_port_free(port):
+            port = self.sipp_ports[side] = free_ports(1)[0]
+        return port
 
     def redis_commands(self) -> tuple[int, Counter[str]]:
         """Commands Redis has processed, in all and by command."""
@@ -874,7 +893,7 @@ class Bench:
                    for k in kamailios]
         for watch in watches:
             watch.new_lines()
-        local_port = free_ports(1)[0]
+        local_port = self.sipp_port(side)
         before_kamailio = [group_cpu_seconds(k.pgid) for k in kamailios]
         before_redis = cpu_seconds(self.redis_server.pgid)
         before_ours = self.own_cpu_seconds()
@@ -1421,6 +1440,16 @@ def interpretation(results: dict[str, SideResult], idle: dict[str, float]) -> st
                 + (f": {dmq} KDMQ messages, each a registration to replicate, were never "
                    "sent, so the peer missed those registrations while SIPp saw 200 OK"
                    if dmq else "") + ".")
+        if (step.replication is not None and not step.replication.complete
+                and not shm and not step.log_errors):
+            sentences.append(
+                f"{step.side} stopped at {step.rate}/s because after the step the peer held "
+                f"an older registration (an earlier Call-ID) than the node that took it for "
+                f"{step.replication.agents - step.replication.same} agents, and had not "
+                f"caught up {REPLICATION_WAIT_SECONDS:g} s later, with no error logged"
+                + (f"; the step had {step.udp_drops} UDP drops, so presumably a "
+                   "retransmitted replication message overtook a newer one (not verified)"
+                   if step.udp_drops else "") + ".")
     dropping = [step for step in failed if step.udp_drops]
     if dropping:
         sentences.append(
