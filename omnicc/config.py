@@ -167,6 +167,13 @@ class KamailioNode(_Strict):
         return f"sip:{self.host}:{self.port}"
 
 
+def _named(value: str, what: str) -> str:
+    """A name omnicc uses in keys, file names and dialplan: refused unless plain."""
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} is lower-case letters, digits, '-' and '_'")
+    return value
+
+
 def _extension_value(value: Any) -> str:
     value = str(value) if isinstance(value, int) else value
     if not isinstance(value, str) or not EXTENSION_RE.fullmatch(value):
@@ -206,9 +213,7 @@ class Trunk(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a trunk name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a trunk name")
 
     @field_validator("address")
     @classmethod
@@ -369,9 +374,7 @@ class Queue(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a queue name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a queue name")
 
     @field_validator("failover", "overflow", mode="before")
     @classmethod
@@ -543,9 +546,7 @@ class TimeGroupConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a time group name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a time group name")
 
     @field_validator("timezone")
     @classmethod
@@ -591,9 +592,7 @@ class TimeConditionConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a time condition name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a time condition name")
 
     @field_validator("matched", "unmatched", mode="before")
     @classmethod
@@ -626,9 +625,7 @@ class Ivr(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("an IVR name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "an IVR name")
 
     @field_validator("prompt", "invalid_prompt")
     @classmethod
@@ -703,9 +700,7 @@ class OutboundRouteConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a route name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a route name")
 
     @field_validator("patterns", mode="before")
     @classmethod
@@ -832,9 +827,7 @@ class Tenant(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a tenant name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a tenant name")
 
     @field_validator("domain")
     @classmethod
@@ -1108,9 +1101,7 @@ class OmniccConfig(_Strict):
     @field_validator("node")
     @classmethod
     def _node(cls, value: str) -> str:
-        if not NAME_RE.fullmatch(value):
-            raise ValueError("a node name is lower-case letters, digits, '-' and '_'")
-        return value
+        return _named(value, "a node name")
 
     @model_validator(mode="after")
     def _cross_tenant(self) -> OmniccConfig:
