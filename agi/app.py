@@ -33,6 +33,7 @@ from agi.handlers.health import health
 from agi.handlers.inbound_route import BlacklistCheck, InboundRoute
 from agi.handlers.ivr import IvrEntry
 from agi.handlers.outbound_call import (
+    DoNotCallCheck,
     HeldTrunkChannels,
     OutboundCalls,
     OutboundEnd,
@@ -53,6 +54,7 @@ from omnicc.acd import AcdStore
 from omnicc.blacklist import check_caller_async
 from omnicc.channel_limit import AsyncChannelLimits
 from omnicc.config import ConfigError, OmniccConfig, load_config
+from omnicc.do_not_call import listed_numbers
 from omnicc.events import EventLog
 
 REDIS_POOL_SIZE = 256
@@ -63,10 +65,12 @@ QUEUE_SYNC_RETRY_SECONDS = 2.0
 def build_routes(config: OmniccConfig, events: EventLog,
                  acd: QueueStore | None = None,
                  blacklist: BlacklistCheck | None = None, *,
-                 channels: HeldTrunkChannels | None = None) -> dict[str, Handler]:
+                 channels: HeldTrunkChannels | None = None,
+                 do_not_call: DoNotCallCheck | None = None) -> dict[str, Handler]:
     """Every AGI script this server answers, by the name the dialplan uses; the queue
-    scripts when it has an ACD store; inbound calls checked against `blacklist`."""
-    outbound = OutboundCalls(config, events, channels)
+    scripts when it has an ACD store; inbound calls checked against `blacklist`, outbound
+    ones against `do_not_call`."""
+    outbound = OutboundCalls(config, events, channels, do_not_call)
     routes: dict[str, Handler] = {
         "health": health,
         "inbound_route": InboundRoute(config, events, blacklist),
@@ -130,7 +134,11 @@ async def serve(config: OmniccConfig, redis_url: str, host: str, port: int,
     async def blacklisted(tenant: str, caller: str) -> str | None:
         return await check_caller_async(client, tenant, caller)
 
-    routes = build_routes(config, events, acd, blacklisted, channels=channels)
+    async def do_not_call(tenant: str, numbers: tuple[str, ...]) -> frozenset[str]:
+        return await listed_numbers(client, tenant, numbers)
+
+    routes = build_routes(config, events, acd, blacklisted, channels=channels,
+                          do_not_call=do_not_call)
     server = FastAGIServer(routes, host=host, port=port)
     await server.start()
     log.info("FastAGI server listening on %s:%d", host, server.port)

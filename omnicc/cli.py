@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--talk-ms", type=int, default=2000, help="talk time per call")
     demo.set_defaults(func=cmd_demo)
     from omnicc.agent_cli import add_agent_commands
-    from omnicc.blacklist_cli import add_blacklist_commands
+    from omnicc.blacklist_cli import add_blacklist_commands, add_do_not_call_commands
     from omnicc.queue_cli import add_queue_commands
     from omnicc.token_cli import add_token_commands
 
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(sub)
     add_queue_commands(sub)
     add_blacklist_commands(sub)
+    add_do_not_call_commands(sub)
     report = sub.add_parser("report", help="calls offered and answered, by agent")
     report.add_argument("--redis", help="Redis URL (default: the local stack's)")
     report.set_defaults(func=cmd_report)

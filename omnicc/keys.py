@@ -148,6 +148,11 @@ def blacklist(tenant: str) -> str:
     return f"{tenant_tag(tenant)}:blacklist"
 
 
+def do_not_call(tenant: str) -> str:
+    """Hash number -> reason: the tenant's do-not-call list (omnicc/do_not_call.py)."""
+    return f"{tenant_tag(tenant)}:dnc"
+
+
 def trunk_channels(tenant: str, trunk: str) -> str:
     """Sorted set channel id -> the end of its lease (ms): the trunk's channels in use on
     every Asterisk node (omnicc/channel_limit.py)."""

@@ -67,6 +67,13 @@ class ChannelStore(Protocol):
     async def renew_many(self, tenant: str, trunk: str, channels: list[str]) -> Renewal: ...
 
 
+class DoNotCallCheck(Protocol):
+    """Which of `numbers` are on the tenant's do-not-call list (omnicc/do_not_call.py
+    listed_numbers); RedisError when it cannot be asked."""
+
+    async def __call__(self, tenant: str, numbers: tuple[str, ...]) -> frozenset[str]: ...
+
+
 class HeldTrunkChannels:
     """The trunk channels this node's calls hold. A call sits in Dial() with no AGI session
     for as long as it lasts, so the server renews their leases itself, every third of a
@@ -123,12 +130,25 @@ class OutboundCalls:
     """The outbound steps, shared by agent_call, outbound_result and outbound_end."""
 
     def __init__(self, config: OmniccConfig, events: EventLog,
-                 channels: HeldTrunkChannels | None):
+                 channels: HeldTrunkChannels | None,
+                 do_not_call: DoNotCallCheck | None = None):
         self._config = config
         self._events = events
         # None: no Redis to count channels in (unit tests of routing alone); max_channels
         # is then not enforced.
         self._channels = channels
+        # None: no do-not-call list is checked (unit tests of routing alone).
+        self._do_not_call = do_not_call
+
+    async def plan(self, tenant: Tenant, dialled: str) -> OutboundPlan:
+        """The plan for `dialled`, the tenant's do-not-call list asked (one Redis round
+        trip for the numbers as dialled and as sent) unless it is an emergency number;
+        OutboundRefused, or RedisError when the list cannot be asked."""
+        plan = tenant.plan_outbound(dialled)
+        if plan.emergency or self._do_not_call is None:
+            return plan
+        listed = await self._do_not_call(tenant.name, (plan.dialled, plan.number))
+        return tenant.plan_outbound(dialled, listed.__contains__) if listed else plan
 
     async def start(self, session: AGISession, tenant: Tenant, agent: str,
                     dialled: str) -> None:
@@ -136,12 +156,21 @@ class OutboundCalls:
         common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
         shown = dialled[:SHOWN_DIALLED]
         try:
-            plan = tenant.plan_outbound(dialled)
+            plan = await self.plan(tenant, dialled)
         except OutboundRefused as exc:
             log.info("outbound call %s refused: %s", req.uniqueid, exc)
             await self._events.append(tenant.name, "outbound_refused", dialled=shown,
                                       refusal=exc.refusal.value, reason=str(exc), **common)
             await _fail(session, str(exc), REFUSAL_CAUSES[exc.refusal])
+            return
+        except RedisError as exc:
+            # Never dialled unchecked; nothing was dialled, so another node may try.
+            log.error("outbound call %s: cannot check the do-not-call list: %s",
+                      req.uniqueid, exc)
+            await self._events.append(tenant.name, "outbound_failed", dialled=shown,
+                                      reason="redis_error", **common)
+            await _fail(session, f"cannot check the do-not-call list: {exc}",
+                        Q850_NO_CIRCUIT)
             return
         await self._events.append(
             tenant.name, "outbound_routed", dialled=plan.dialled, route=plan.route,
