@@ -83,7 +83,7 @@ from omnicc.ephemeral import mint_credentials, tenant_secret
 from omnicc.kamailio_rpc import KamailioRpcError, call, fifo_path
 from omnicc.keys import agent_contact
 from omnicc.sipprobe import sip_options_ping
-from omnicc.stack import KamailioService, Stack
+from omnicc.stack import KAMAILIO_PKG_MB, KAMAILIO_SHM_MB, KamailioService, Stack
 from omnicc.tokens import mint_agent_token
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -416,7 +416,7 @@ def native_kamailio(workdir: Path, *, port: int, agents: Sequence[Agent]) -> Ite
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     # The same memory sizes as omnicc.stack gives omnicc's Kamailio.
     command = [binary, "-f", str(cfg), "-Y", str(directory), "-DD", "-E",
-               "-m", "128", "-M", "16"]
+               "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB)]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=directory, stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=subprocess.STDOUT,
@@ -1453,7 +1453,7 @@ def interpretation(results: dict[str, SideResult], idle: dict[str, float]) -> st
             sentences.append(
                 f"{step.side} stopped at {step.rate}/s with its Kamailio out of shared "
                 f"memory ({shm} allocation errors in tm in the step; omnicc starts Kamailio "
-                "with -m 128)"
+                f"with -m {KAMAILIO_SHM_MB})"
                 + (f": {dmq} KDMQ messages, each a registration to replicate, were never "
                    "sent, so the peer missed those registrations while SIPp saw 200 OK"
                    if dmq else "") + ".")

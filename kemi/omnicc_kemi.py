@@ -50,6 +50,7 @@ REG_SAVE_NO_REPLY = 0x02  # save() flag: the script sends the reply (reg_send_re
 AUTH_STALE_NONCE = -4  # pv_auth_check's result for a nonce past its lifetime
 AUTH_NONCE_REUSED = -6  # ... for a nonce count seen before: a replay, or a retransmission
 AUTH_CHALLENGE_QOP = 1  # auth_challenge() flag: qop=auth (nonce counts can be checked)
+AUTH_CHALLENGE_STALE = 16  # auth_challenge() flag: stale=true
 ASTERISK_RING_TIMEOUT_MS = 120000
 LOOSE_ROUTE_PRELOADED = -3  # loose_route(): next hop taken from a preloaded route set
 
@@ -421,7 +422,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 rc = KSR.auth.pv_auth_check(tenant.domain, password, 0, 0)
                 if rc == AUTH_STALE_NONCE:
                     # A right answer to an old challenge: challenge again, count nothing.
-                    raise AuthFailure("digest: stale nonce", counts=False)
+                    raise AuthFailure("digest: stale nonce", counts=False, stale=True)
                 if rc == AUTH_NONCE_REUSED:
                     # Refused, but not counted: a phone's UDP retransmission looks the same.
                     raise AuthFailure("digest: nonce count reused (replay?)", counts=False)
@@ -436,16 +437,16 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.auth.admit(identity, publish_contact=publish_contact, ttl=ttl)
         except AuthFailure as failure:
             self.auth_failed(failure.reason, counts=failure.counts)
-            self.challenge(tenant.domain, register)
+            self.challenge(tenant.domain, register, stale=failure.stale)
             return None
         # Credentials end here: never forwarded to Asterisk or anyone else.
         KSR.hdr.remove("Authorization")
         KSR.hdr.remove("Proxy-Authorization")
         return identity
 
-    def challenge(self, realm, register):
+    def challenge(self, realm, register, stale=False):
         KSR.hdr.append_to_reply(bearer_challenge(realm, proxy=not register))
-        KSR.auth.auth_challenge(realm, AUTH_CHALLENGE_QOP)
+        KSR.auth.auth_challenge(realm, AUTH_CHALLENGE_QOP | (AUTH_CHALLENGE_STALE if stale else 0))
 
     def auth_failed(self, reason, counts=True):
         ip = KSR.pv.get("$si")

@@ -38,10 +38,13 @@ class AuthFailure(Exception):
     `.counts` is False when the fault is ours (Redis unreachable), so it does not count
     towards banning the source."""
 
-    def __init__(self, reason: str, counts: bool = True):
+    def __init__(self, reason: str, counts: bool = True, stale: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.counts = counts
+        # A right answer to a nonce this node no longer takes: the next challenge says
+        # stale=true (RFC 7616 3.3), so the phone answers it without asking its user.
+        self.stale = stale
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ with a key of its own would not verify under that provider's JWKS.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -175,6 +177,18 @@ def read_digest_secret(files: AuthSecretFiles) -> bytes:
         raise SecretsError(f"{secret_file.config_key}: {secret_file.path} holds fewer than "
                            f"{MIN_SECRET_BYTES} bytes; a short secret can be guessed")
     return secret
+
+
+# Kamailio's auth module makes its digest nonces under a secret; nodes that share it accept
+# each other's nonces (a phone whose next request lands on another node is not refused).
+_NONCE_SECRET_LABEL = b"omnicc kamailio digest nonce secret\x00"
+
+
+def nonce_secret(files: AuthSecretFiles) -> str:
+    """The secret every Kamailio node makes its digest nonces under: derived from the
+    shared digest secret (so every node that can check ephemeral credentials has it), hex
+    text for ``modparam("auth", "secret", ...)``."""
+    return hmac.new(read_digest_secret(files), _NONCE_SECRET_LABEL, hashlib.sha256).hexdigest()
 
 
 def _read(secret_file: SecretFile) -> bytes:

@@ -154,15 +154,27 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from omnicc.render import KEMI_SCRIPT, render_asterisk, render_kamailio
+    from omnicc.auth_secrets import SecretsError, nonce_secret, resolve_secret_files
+    from omnicc.render import KEMI_SCRIPT, SECRETS_CFG_NAME, render_asterisk, render_kamailio
 
     config = _config(args)
     out = Path(args.out)
     kamailio_dir = Path(args.kamailio_dir)
+    try:
+        secret: str | None = nonce_secret(resolve_secret_files(config, args.config, args.var))
+    except SecretsError as exc:
+        if config.kamailio_peers:  # each node would make nonces the others refuse
+            print(f"omnicc render: {exc}; the Kamailio nodes need it for a shared nonce "
+                  "secret", file=sys.stderr)
+            return 1
+        print(f"omnicc render: {exc}; kamailio-secrets.cfg not written (one node makes "
+              "nonces under a random secret of its own)", file=sys.stderr)
+        secret = None
     written = render_kamailio(
         config, out / "kamailio",
         kemi_script=Path(args.kemi_script) if args.kemi_script else KEMI_SCRIPT,
         dispatcher_list=kamailio_dir / "dispatcher.list",
+        nonce_secret=secret, secrets_cfg=kamailio_dir / SECRETS_CFG_NAME,
     )
     written += render_asterisk(config, out / "asterisk")
     for path in written:

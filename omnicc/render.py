@@ -7,6 +7,8 @@ Two uses: the local stack (`omnicc up` renders into var/etc with its own directo
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +34,28 @@ def _env() -> jinja2.Environment:
     )
 
 
-def _write(path: Path, text: str) -> Path:
+def _write(path: Path, text: str, mode: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    if mode is None:
+        tmp.write_text(text, encoding="utf-8")
+    else:  # created with its mode: the text is never readable by others, not even briefly
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
     tmp.replace(path)
     return path
+
+
+# kamailio.cfg imports it (import_file: a missing file is not an error, Kamailio then makes
+# a random nonce secret of its own, which a node alone can live with).
+SECRETS_CFG_NAME = "kamailio-secrets.cfg"
+NONCE_SECRET_RE = re.compile(r"[0-9a-f]{32,128}")
+
+
+# The trunks' credentials (pjsip type=auth), apart from pjsip.conf: written with mode 0600.
+TRUNK_AUTH_NAME = "pjsip_trunk_auth.conf"
 
 
 # Small files a stand-alone Asterisk wants so that it neither complains nor runs features
@@ -84,9 +102,14 @@ def render_kamailio(
     rundir: Path | None = None,
     log_stderr: bool = False,
     children: int = 4,
+    nonce_secret: str | None = None,
+    secrets_cfg: Path | None = None,
 ) -> list[Path]:
-    """Write kamailio.cfg and dispatcher.list into out_dir."""
+    """Write kamailio.cfg and dispatcher.list into out_dir, and with a nonce_secret
+    kamailio-secrets.cfg (mode 0600), which kamailio.cfg imports from `secrets_cfg`
+    (default: beside it in out_dir)."""
     dispatcher_list = dispatcher_list or out_dir / "dispatcher.list"
+    secrets_cfg = secrets_cfg or out_dir / SECRETS_CFG_NAME
     cfg = _env().get_template("kamailio.cfg.j2").render(
         config=config,
         sip_port=config.services.kamailio.port,
@@ -98,6 +121,7 @@ def render_kamailio(
         tcp_children=max(2, children // 2),
         htables=htable_definitions(config.security, replicate_bans=bool(config.kamailio_peers)),
         dmq_peers=config.kamailio_peers,
+        secrets_cfg=str(secrets_cfg),
     )
     lines = ["# dispatcher.list — the Asterisk nodes (set 1), rendered by omnicc",
              "# setid destination flags priority attributes"]
@@ -105,10 +129,18 @@ def render_kamailio(
         lines.append(f"1 {node.uri} 0 0 duid={node.host}:{node.port}")
     # The list is always written beside kamailio.cfg; `dispatcher_list` is where the
     # deployed kamailio.cfg will look for it.
-    return [
+    written = [
         _write(out_dir / "kamailio.cfg", cfg),
         _write(out_dir / "dispatcher.list", "\n".join(lines) + "\n"),
     ]
+    if nonce_secret is not None:
+        if not NONCE_SECRET_RE.fullmatch(nonce_secret):
+            raise ValueError("the nonce secret is hex text")
+        written.append(_write(out_dir / SECRETS_CFG_NAME,
+                              "# Secrets of kamailio.cfg, rendered by omnicc; keep this file "
+                              "0600.\n"
+                              f'modparam("auth", "secret", "{nonce_secret}")\n', mode=0o600))
+    return written
 
 
 def render_asterisk(
@@ -133,6 +165,7 @@ def render_asterisk(
         "moh_classes": sorted({q.moh_class for t in config.tenants for q in t.queues
                                if q.moh_class and q.moh_class != "default"}),
     }
+    context["trunk_auth_file"] = TRUNK_AUTH_NAME
     env = _env()
     names = ["extensions.conf", "pjsip.conf"]
     if dirs is not None:
@@ -141,6 +174,10 @@ def render_asterisk(
     written = [
         _write(out_dir / name, env.get_template(name + ".j2").render(**context)) for name in names
     ]
+    # The trunks' passwords: readable by Asterisk's user only (pjsip.conf includes it).
+    written.append(_write(out_dir / TRUNK_AUTH_NAME,
+                          env.get_template(TRUNK_AUTH_NAME + ".j2").render(**context),
+                          mode=0o600))
     if dirs is not None:
         written += [_write(out_dir / name, text) for name, text in STACK_ASTERISK_FILES.items()]
     out_dir.mkdir(parents=True, exist_ok=True)

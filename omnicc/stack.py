@@ -491,6 +491,14 @@ class AsteriskService(Service):
         return sip_options_ping(self.host, self.cfg.services.asterisk.port, timeout=0.5)
 
 
+# Kamailio's memory (MB). Shared memory holds transactions, dialogs, usrloc and the htables:
+# a registration replicated over DMQ keeps its KDMQ transaction (~10 KB) in tm's wait timer
+# for 5 s, so at 3000 registrations/s 128 MB ran out (docs/benchmarks.md); 512 MB holds
+# about 10000/s. Linux backs the pages only when they are used.
+KAMAILIO_SHM_MB = 512
+KAMAILIO_PKG_MB = 16
+
+
 class KamailioService(Service):
     name = "kamailio"
 
@@ -501,19 +509,20 @@ class KamailioService(Service):
     def prepare(self) -> None:
         # OMNICC_KEMI_SCRIPT: run a KEMI script of your own instead of kemi/omnicc_kemi.py.
         kemi = Path(os.environ.get("OMNICC_KEMI_SCRIPT", str(KEMI_SCRIPT)))
-        from omnicc.auth_secrets import SecretsError, ensure_local_secrets
+        from omnicc.auth_secrets import SecretsError, ensure_local_secrets, nonce_secret
 
         try:
-            ensure_local_secrets(self.cfg, self.stack.config_path, self.stack.var)
+            files = ensure_local_secrets(self.cfg, self.stack.config_path, self.stack.var).files
+            secret = nonce_secret(files)
         except SecretsError as exc:
             raise StackError(f"kamailio: {exc}") from None
         render_kamailio(self.cfg, self.stack.etc_dir / "kamailio", kemi_script=kemi,
-                        rundir=self.stack.run_dir, log_stderr=True)
+                        rundir=self.stack.run_dir, log_stderr=True, nonce_secret=secret)
 
     def argv(self) -> list[str]:
         return [_find_binary("kamailio", "kamailio"), "-f",
                 str(self.stack.etc_dir / "kamailio" / "kamailio.cfg"),
-                "-DD", "-E", "-m", "128", "-M", "16"]
+                "-DD", "-E", "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB)]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

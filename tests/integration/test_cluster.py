@@ -45,6 +45,9 @@ def second_kamailio(running_stack: RunningStack):
     path.write_text(text)
     stack = Stack(load_config(path), path, directory / "var")
     stack._dirs()
+    # Nodes of one deployment share the secrets (the digest secret above all: ephemeral
+    # credentials and digest nonces must check on every node).
+    shutil.copytree(running_stack.stack.var / "secrets", stack.var / "secrets")
     kamailio = next(s for s in stack.services if s.name == "kamailio")
     node_env = kamailio.env
     # The shared Redis listens on the stack's address, not on B's.
@@ -81,6 +84,31 @@ def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(
         assert invite.header("via").split(";")[0].endswith(f"UDP {second_kamailio}"), invite
     ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
     assert ended and ended[0]["dialstatus"] == "ANSWER"
+
+
+def test_a_digest_nonce_from_one_node_is_accepted_by_another(
+    running_stack: RunningStack, second_kamailio: str
+) -> None:
+    """The nodes make nonces under one secret (derived from the shared digest secret), so
+    a phone whose authenticated REGISTER reaches another node than the challenge came from
+    (DNS SRV, a load balancer) is let in, not refused and counted as a failure."""
+    from .test_digest_replay import RawPhone, digest_authorization, status
+
+    phone = RawPhone(running_stack)
+    try:
+        challenge = phone.register()
+        assert status(challenge) == 401, challenge
+        phone.server = (PEER_NODE_IP, int(second_kamailio.rsplit(":", 1)[1]))
+        reply = phone.register(authorization=digest_authorization(challenge, 1, "c1"))
+        # Node B checks the nonce under the shared secret and finds it good but not its
+        # own to count (nonce counts are per node): stale=true, so the phone answers
+        # again without asking its user, and nothing counts towards a ban.
+        assert status(reply) == 401, reply
+        assert "stale=true" in reply.lower(), reply
+        assert status(phone.register(authorization=digest_authorization(reply, 1, "c2"))) \
+            == 200
+    finally:
+        phone.close()
 
 
 def test_a_ban_made_by_one_node_holds_on_the_other_and_unban_lifts_both(
@@ -133,6 +161,9 @@ def second_node_with_two_asterisks(running_stack: RunningStack):
     path.write_text(text)
     stack = Stack(load_config(path), path, directory / "var")
     stack._dirs()
+    # Nodes of one deployment share the secrets (the digest secret above all: ephemeral
+    # credentials and digest nonces must check on every node).
+    shutil.copytree(running_stack.stack.var / "secrets", stack.var / "secrets")
     services = {s.name: s for s in stack.services}
     started = []
     try:

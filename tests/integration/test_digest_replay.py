@@ -31,7 +31,7 @@ class RawPhone:
     """Just enough of a SIP phone to register with digest credentials."""
 
     def __init__(self, stack: RunningStack):
-        self.server = ("127.0.0.1", stack.config.services.kamailio.port)
+        self.server = ("127.0.0.1", stack.config.services.kamailio.port)  # may be changed
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((SOURCE_IP, 0))
         self.sock.settimeout(3)

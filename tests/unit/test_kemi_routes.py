@@ -626,6 +626,17 @@ def test_a_reused_nonce_count_is_refused_but_not_counted(worker: Worker) -> None
     assert "nonce count reused" in logged[0]
 
 
+def test_a_stale_nonce_is_challenged_again_with_stale_true_and_not_counted(
+    worker: Worker
+) -> None:
+    # -4: the digest is right but the nonce is too old, or another node's that this one has
+    # no count for; stale=true lets the phone answer again without asking its user.
+    fake = worker.route(register(credentials=good_credentials()),
+                        results={"auth.pv_auth_check": -4})
+    assert fake.calls_to("auth.auth_challenge") == [(DOMAIN, QOP_AUTH | 16)]
+    assert worker.auth_failures() == 0
+
+
 def test_ephemeral_credentials_with_a_wrong_password_are_refused(
     worker: Worker, secrets: Secrets
 ) -> None:

@@ -269,3 +269,33 @@ def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path:
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "usrloc.so"')
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "htable.so"')
     assert 'modparam("htable", "enable_dmq", 1)' in lines
+
+
+def test_the_nonce_secret_is_in_a_file_only_its_owner_reads(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    secret = "ab" * 32
+    written = render_kamailio(example, tmp_path, nonce_secret=secret)
+    secrets_cfg = tmp_path / "kamailio-secrets.cfg"
+    assert secrets_cfg in written
+    assert secrets_cfg.stat().st_mode & 0o777 == 0o600
+    assert f'modparam("auth", "secret", "{secret}")' in settings_of(secrets_cfg.read_text())
+    cfg = read(tmp_path, "kamailio.cfg")
+    assert f'import_file "{secrets_cfg}"' in settings_of(cfg)
+    assert secret not in cfg  # kamailio.cfg itself stays readable by anyone
+
+
+def test_a_deployed_kamailio_imports_its_secrets_from_its_own_directory(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    render_kamailio(example, tmp_path, nonce_secret="cd" * 32,
+                    secrets_cfg=Path("/etc/kamailio/kamailio-secrets.cfg"))
+    assert 'import_file "/etc/kamailio/kamailio-secrets.cfg"' in settings_of(
+        read(tmp_path, "kamailio.cfg"))
+
+
+def test_a_nonce_secret_that_is_not_hex_is_refused(
+    example: OmniccConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="hex"):
+        render_kamailio(example, tmp_path, nonce_secret='x")\nmodparam("evil')
