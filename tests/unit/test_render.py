@@ -299,3 +299,27 @@ def test_a_nonce_secret_that_is_not_hex_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="hex"):
         render_kamailio(example, tmp_path, nonce_secret='x")\nmodparam("evil')
+
+
+def test_render_cli_writes_the_nonce_secret_of_the_shared_digest_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from omnicc import cli
+    from omnicc.auth_secrets import nonce_secret, resolve_secret_files
+
+    config_path = tmp_path / "omnicc.yaml"
+    config_path.write_text(CLUSTER)
+    var = tmp_path / "var"
+    base = ["-c", str(config_path), "--var", str(var)]
+    # A cluster node without the digest secret would make nonces no other node takes.
+    assert cli.main([*base, "render", "--out", str(tmp_path / "out")]) == 1
+    assert "shared nonce secret" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert cli.main([*base, "token", "init"]) == 0
+    assert cli.main([*base, "render", "--out", str(tmp_path / "out"),
+                     "--kamailio-dir", "/etc/kamailio"]) == 0
+    expected = nonce_secret(resolve_secret_files(parse_config(CLUSTER), config_path, var))
+    written = (tmp_path / "out" / "kamailio" / "kamailio-secrets.cfg").read_text()
+    assert f'modparam("auth", "secret", "{expected}")' in written
+    assert 'import_file "/etc/kamailio/kamailio-secrets.cfg"' in (
+        tmp_path / "out" / "kamailio" / "kamailio.cfg").read_text()
