@@ -24,6 +24,7 @@ from omnicc.agent_auth import ADMIT_LUA, AgentAuthenticator, AuthFailure  # noqa
 from omnicc.config import load_config  # noqa: E402
 from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
 from omnicc.lean_redis import LeanScript  # noqa: E402
+from omnicc.node_failover import marked_final  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
     contact_expires,
@@ -384,8 +385,12 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         try:
             if KSR.tm.t_is_canceled() > 0:
                 return 1
-            # A node that answered 5xx or did not answer: try the next one.
-            if KSR.tm.t_check_status("5[0-9][0-9]") > 0 or (
+            # A node that did not answer, or answered 5xx because it could not serve: try
+            # the next one. A 5xx whose Reason says it is the node's final outcome (every
+            # trunk of an outbound call failed) is relayed: the next node would dial the
+            # same carriers again (omnicc/node_failover.py).
+            if (KSR.tm.t_check_status("5[0-9][0-9]") > 0
+                    and not marked_final(KSR.pv.get("$T_rpl($hdr(Reason))"))) or (
                 KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_any_replied() < 0
             ):
                 if KSR.dispatcher.ds_next_dst() > 0:

@@ -28,7 +28,12 @@ Q850_USER_BUSY = 17              # 486 Busy Here
 Q850_NO_ANSWER = 19              # 480 Temporarily Unavailable
 Q850_CALL_REJECTED = 21          # 403 Forbidden
 Q850_INVALID_NUMBER_FORMAT = 28  # 484 Address Incomplete
-Q850_NO_CIRCUIT = 34             # 503 Service Unavailable
+Q850_NO_CIRCUIT = 34             # 503 Service Unavailable: this node could not serve
+# 503 too, but final: the call was routed on this node and no trunk carried it (every
+# trunk failed or was full). Kamailio tries the next Asterisk node after a 503 carrying 34
+# (the node could not serve), never after one carrying 42: that node would dial the same
+# carriers again (omnicc/node_failover.py reads the Reason header Asterisk adds).
+Q850_TRUNKS_FAILED = 42          # 503 Service Unavailable, Reason: Q.850;cause=42
 
 # A number that is not dialled: why -> cause (docs/routing.md).
 REFUSAL_CAUSES = {
@@ -82,7 +87,9 @@ def stop_cause(decision: FailoverDecision, trunk_cause: int | None) -> int:
     if decision.step is NextStep.ANSWERED:
         return Q850_NORMAL_CLEARING
     if decision.step is NextStep.TRY_NEXT_TRUNK:
-        return Q850_NO_CIRCUIT  # the last trunk failed too: no trunk could carry the call
+        return Q850_TRUNKS_FAILED  # the last trunk failed too: no trunk could carry the call
+    if trunk_cause == Q850_NO_CIRCUIT:
+        return Q850_TRUNKS_FAILED  # 34 would send the call to the next node, dialled again
     if trunk_cause:
         return trunk_cause
     return STOP_CAUSES.get(decision.reason, Q850_CALL_REJECTED)

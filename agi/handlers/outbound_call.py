@@ -41,6 +41,7 @@ from omnicc.outbound import (
 )
 from omnicc.outbound_call import (
     Q850_NO_CIRCUIT,
+    Q850_TRUNKS_FAILED,
     REFUSAL_CAUSES,
     dialled_trunk_channel,
     stop_cause,
@@ -190,7 +191,7 @@ class OutboundCalls:
         if tenant is None:
             log.error("outbound_result for unknown tenant %r (uniqueid %s)",
                       p.get("tenant", ""), req.uniqueid)
-            await _stop(session, Q850_NO_CIRCUIT)
+            await _stop(session, Q850_TRUNKS_FAILED)
             return
         common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
         try:
@@ -200,7 +201,7 @@ class OutboundCalls:
             # The dialplan only asks about calls agent_call routed: a bug, not a caller.
             log.error("outbound_result %s: %s", req.uniqueid, exc)
             await self._release(tenant, trunk, req.uniqueid)
-            await _stop(session, Q850_NO_CIRCUIT)
+            await _stop(session, Q850_TRUNKS_FAILED)
             return
         await self._release(tenant, trunk, req.uniqueid)
 
@@ -211,7 +212,7 @@ class OutboundCalls:
             decision = decide_after_dial(dialstatus, trunk_cause, sip_code)
         except ValueError as exc:
             log.error("outbound_result %s: %s", req.uniqueid, exc)
-            await _stop(session, Q850_NO_CIRCUIT)
+            await _stop(session, Q850_TRUNKS_FAILED)
             return
         await self._events.append(
             tenant.name, "outbound_dial_result", route=plan.route, trunk=trunk,
@@ -253,8 +254,10 @@ class OutboundCalls:
                         await self._events.append(tenant.name, "outbound_failed",
                                                   route=plan.route, reason="redis_error",
                                                   **common)
+                        # Nothing dialled yet: another node may try; else final.
                         await _fail(session, f"cannot count channels: {exc}",
-                                    Q850_NO_CIRCUIT)
+                                    Q850_NO_CIRCUIT if candidates == plan.trunks
+                                    else Q850_TRUNKS_FAILED)
                         return False
                     # An emergency call goes out uncounted rather than not at all.
                     log.error("trunk %s: emergency call %s dialled uncounted: %s",
@@ -281,8 +284,9 @@ class OutboundCalls:
         await self._events.append(tenant.name, "outbound_failed", route=plan.route,
                                   reason="no_free_trunk", **common)
         await session.set_variable("OMNICC_OUTBOUND_TRUNK", "")
+        # Final (42, not the node-failure 34): the other nodes share the count.
         await _fail(session, "every trunk of the route is at its channel limit",
-                    Q850_NO_CIRCUIT)
+                    Q850_TRUNKS_FAILED)
         return False
 
     async def _release(self, tenant: Tenant, trunk_name: str, channel: str) -> None:

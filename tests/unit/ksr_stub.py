@@ -83,6 +83,8 @@ class SipRequest:
     behind_nat: bool = False  # what nat_uac_test() finds
     known_dialog: bool = False  # what is_known_dlg() finds (a dialog this proxy set up)
     reply_code: int | None = None  # $rs, in reply and failure routes
+    # The headers of the reply a failure route sees ($T_rpl($hdr(...))).
+    reply_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def digest_header(self) -> tuple[str, str] | None:
         """The digest credentials as the header a phone sends them in."""
@@ -290,6 +292,10 @@ class FakePv(_Part):
         request = self._ksr.request
         if name.startswith("$hdr(") and name.endswith(")"):
             return request.header(name[len("$hdr("):-1])
+        if name.startswith("$T_rpl($hdr(") and name.endswith("))"):
+            wanted = name[len("$T_rpl($hdr("):-2].lower()
+            return next((value for header, value in request.reply_headers
+                         if header.lower() == wanted), None)
         values: dict[str, str | int | None] = {
             "$si": request.source_ip, "$sp": request.source_port, "$rm": request.method,
             "$pr": request.protocol,

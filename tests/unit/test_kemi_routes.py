@@ -1345,6 +1345,28 @@ def test_failure_route_tries_the_next_asterisk_node_after_a_5xx(worker: Worker) 
     assert fake.relayed
 
 
+@pytest.mark.parametrize("reason", ["Q.850;cause=34", None])
+def test_failure_route_tries_the_next_node_when_the_node_could_not_serve(
+    worker: Worker, reason: str | None
+) -> None:
+    """34: omnicc's dialplan could not ask its FastAGI server; no Reason: the 5xx came
+    before any dialplan (an overloaded node)."""
+    fake = worker.failure_route(
+        invite_from_trunk(reply_headers=[("Reason", reason)] if reason else []),
+        results={"tm.t_check_status": 1, "dispatcher.ds_next_dst": 1})
+    assert fake.relayed
+
+
+def test_failure_route_relays_a_5xx_the_node_marked_final(worker: Worker) -> None:
+    """42: every trunk of an agent's outbound call failed on that node; the next node would
+    dial the same carriers again."""
+    fake = worker.failure_route(
+        invite_from_trunk(reply_headers=[("Reason", "Q.850;cause=42")]),
+        results={"tm.t_check_status": 1, "dispatcher.ds_next_dst": 1})
+    assert not fake.relayed
+    assert "dispatcher.ds_next_dst" not in fake.names()
+
+
 def test_failure_route_tries_the_next_node_after_a_silent_timeout(worker: Worker) -> None:
     fake = worker.failure_route(
         invite_from_trunk(),

@@ -177,8 +177,11 @@ def test_the_trunk_channel_is_found_among_the_dialled_channels() -> None:
     (NextStep.STOP, "no_answer", None, 19),
     (NextStep.STOP, "number_invalid", None, 1),
     (NextStep.STOP, "rejected_sip_420", None, 21),
-    (NextStep.TRY_NEXT_TRUNK, "sip_503", 34, 34),
-    (NextStep.TRY_NEXT_TRUNK, "sip_500", 38, 34),  # no trunk left: 503 to the agent
+    # No trunk left: 503 to the agent, with 42, which Kamailio does not take to another
+    # Asterisk node (34 it would: omnicc/node_failover.py).
+    (NextStep.TRY_NEXT_TRUNK, "sip_503", 34, 42),
+    (NextStep.TRY_NEXT_TRUNK, "sip_500", 38, 42),
+    (NextStep.STOP, "busy", 34, 42),  # a trunk's own 34 is never passed on either
     (NextStep.ANSWERED, "answered", None, 16),
 ])
 def test_the_cause_a_stopped_call_ends_with(step: NextStep, reason: str, cause: int | None,
@@ -359,7 +362,7 @@ def test_every_trunk_full_is_503_and_nothing_dialled(harness: Harness) -> None:
     other.store.in_use[("acme", "carrier-a")] = {"other-call"}
     record = other.dial("5123")
     assert (record.variables["OMNICC_STATUS"], record.variables["OMNICC_CAUSE"]) == (
-        "ERROR", "34")
+        "ERROR", "42")  # final: the other Asterisk nodes share the count
     assert "OMNICC_DIAL" not in record.variables
     assert other.events.names()[-1] == "outbound_failed"
 
@@ -402,7 +405,7 @@ def test_the_last_trunk_failing_ends_the_call_with_503(harness: Harness) -> None
     record = harness.after("95551234", "carrier-b", "CONGESTION",
                            tech="SIP 503 Service Unavailable", ast="34")
     assert "OMNICC_OUTBOUND_NEXT" not in record.variables
-    assert record.variables["OMNICC_CAUSE"] == "34"
+    assert record.variables["OMNICC_CAUSE"] == "42"  # 503, not tried on another node
     assert harness.events.names()[-1] == "outbound_failed"
     assert harness.events.named("outbound_failed")[0]["reason"] == "all_trunks_failed"
 
@@ -424,7 +427,7 @@ def test_an_outbound_result_that_makes_no_sense_ends_the_call(
     base = {"tenant": "acme", "agent": "1001", "dialled": "95551234", "trunk": "carrier-a",
             "dialstatus": "CHANUNAVAIL"}
     record = harness.run(harness.result, "outbound_result", {**base, **params})
-    assert record.variables["OMNICC_CAUSE"] == "34"
+    assert record.variables["OMNICC_CAUSE"] == "42"  # a trunk was dialled: final
     assert "OMNICC_DIAL" not in record.variables
     assert "OMNICC_OUTBOUND_NEXT" not in record.variables
 
