@@ -48,6 +48,7 @@ from agi.handlers.queue_call import (
     QueueStore,
 )
 from agi.handlers.queue_setup import sync_queues
+from agi.handlers.registered_call import RegisteredCall
 from agi.handlers.transfer import Transfer, TransferAttended
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
@@ -80,6 +81,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "customer_entry": CustomerEntry(config, events),
         "transfer": Transfer(config, events, outbound),
         "transfer_attended": TransferAttended(config, events),
+        "registered_call": RegisteredCall(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted
         routes.update({"outbound_result": OutboundResult(outbound),

@@ -195,6 +195,86 @@ class Agent(_Strict):
         return _extension_value(value)
 
 
+# Codecs a trunk may offer: those the Asterisk of the local stack can transcode, each
+# with its codec_*.so loaded by modules.conf.j2 (tests/unit/test_trunk_registration.py
+# checks the two agree). Asterisk's own names, as pjsip.conf's allow= takes them.
+KNOWN_CODECS = ("ulaw", "alaw", "gsm")
+DEFAULT_TRUNK_CODECS = ("ulaw", "alaw")
+# Written into pjsip.conf as they are: a SIP user name, and a password without the
+# characters that end or comment a pjsip.conf value (';', line breaks) or spaces.
+SIP_USER_RE = re.compile(r"^[A-Za-z0-9._+*#!~-]{1,64}$")
+SIP_PASSWORD_RE = re.compile(r"^[\x21-\x3a\x3c-\x7e]{1,128}$")
+
+
+class TrunkCredentials(_Strict):
+    """What Asterisk answers a carrier's digest challenge with (401 to a REGISTER, 401 or
+    407 to an INVITE): pjsip.conf's type=auth, in the file only Asterisk may read."""
+
+    username: str
+    password: str
+    # The digest user name when the carrier's differs from the account (From/To) user.
+    auth_username: str | None = None
+
+    @field_validator("username", "auth_username")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and not SIP_USER_RE.fullmatch(value):
+            raise ValueError("a SIP user name is 1 to 64 letters, digits and . _ + * # ! ~ -")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        if not SIP_PASSWORD_RE.fullmatch(value):
+            raise ValueError("a trunk password is 1 to 128 printable ASCII characters without "
+                             "spaces or ';'")
+        return value
+
+
+class TrunkRegistration(_Strict):
+    """Asterisk registers to the carrier (pjsip.conf type=registration, line=yes); the
+    carrier sends calls to the registered contact, straight to Asterisk."""
+
+    # The registrar; None: the trunk's dial_host (and dial_port).
+    server: str | None = None
+    port: Port | None = None
+    expiration: int = Field(default=3600, ge=60, le=86400)
+    retry_interval: int = Field(default=60, ge=5, le=3600)
+    # The user part of the contact Asterisk registers; None: the credentials' username.
+    contact_user: str | None = None
+    # Where a call to the contact carries the DID: carriers put the contact user in the
+    # Request-URI and the number called in the To header.
+    did_from: Literal["to", "request_uri"] = "to"
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        return value if value is None else _host(value, "server")
+
+    @field_validator("contact_user")
+    @classmethod
+    def _contact_user(cls, value: str | None) -> str | None:
+        if value is not None and not SIP_USER_RE.fullmatch(value):
+            raise ValueError("a SIP user name is 1 to 64 letters, digits and . _ + * # ! ~ -")
+        return value
+
+
+def _host(value: str, key: str) -> str:
+    """An IP address or a host name (it is written into pjsip.conf)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not HOST_NAME_RE.fullmatch(value):
+        raise ValueError(f"{key} is an IP address or a host name") from None
+    return value
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 class Trunk(_Strict):
     """A carrier, SBC or PBX admitted by source address (IP or CIDR subnet)."""
 
@@ -209,11 +289,43 @@ class Trunk(_Strict):
     # Outbound calls up at once on this trunk, counted across all Asterisk nodes in Redis
     # (omnicc/channel_limit.py); None: no limit, nothing counted.
     max_channels: int | None = Field(default=None, ge=1, le=100_000)
+    # Digest credentials for calls to dial_host (and the registration), a registration,
+    # and the codecs offered to and accepted from the carrier, in preference order.
+    credentials: TrunkCredentials | None = None
+    registration: TrunkRegistration | None = None
+    codecs: list[str] = list(DEFAULT_TRUNK_CODECS)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return _named(value, "a trunk name")
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"at least one codec (known: {', '.join(KNOWN_CODECS)})")
+        for name in value:
+            if name not in KNOWN_CODECS:
+                raise ValueError(f"unknown codec {name!r} (known: {', '.join(KNOWN_CODECS)})")
+        if len(set(value)) != len(value):
+            raise ValueError("a codec is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _outbound_side(self) -> Trunk:
+        problems: list[Problem] = []
+        if self.dial_host is None:
+            # Credentials and a registration belong to the endpoint dial_host makes.
+            for key in ("credentials", "registration"):
+                if getattr(self, key) is not None:
+                    problems.append(((key,), f"{key} need a dial_host (the carrier Asterisk "
+                                             "sends calls to)"))
+        if self.registration is not None and self.credentials is None:
+            problems.append((("registration",), "a registration needs credentials "
+                                                "(username and password)"))
+        _raise_problems(problems)
+        return self
 
     @field_validator("address")
     @classmethod
@@ -235,9 +347,7 @@ class Trunk(_Strict):
         except ValueError:
             pass
         # It is written into pjsip.conf: a host name and nothing else.
-        if not HOST_NAME_RE.fullmatch(value):
-            raise ValueError("dial_host is an IP address or a host name") from None
-        return value
+        return _host(value, "dial_host")
 
     @property
     def dial_uri(self) -> str:
@@ -246,6 +356,30 @@ class Trunk(_Strict):
             return ""
         host = f"[{self.dial_host}]" if ":" in self.dial_host else self.dial_host
         return f"sip:{host}:{self.dial_port}"
+
+    @property
+    def registrar_uri(self) -> str:
+        """Where Asterisk sends this trunk's REGISTER ("" without a registration)."""
+        reg = self.registration
+        if reg is None or self.dial_host is None:
+            return ""
+        host = reg.server or self.dial_host
+        port = reg.port or (self.dial_port if reg.server is None else 5060)
+        return f"sip:{_uri_host(host)}:{port}"
+
+    @property
+    def registered_aor(self) -> str:
+        """The address of record Asterisk registers (To/From of the REGISTER)."""
+        reg, cred = self.registration, self.credentials
+        if reg is None or cred is None or self.dial_host is None:
+            return ""
+        return f"sip:{cred.username}@{_uri_host(reg.server or self.dial_host)}"
+
+    @property
+    def contact_user(self) -> str:
+        if self.registration is None or self.credentials is None:
+            return ""
+        return self.registration.contact_user or self.credentials.username
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

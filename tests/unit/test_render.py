@@ -175,10 +175,9 @@ def test_without_stack_dirs_only_the_deployable_files_are_written(
 ) -> None:
     written = render_asterisk(example, tmp_path)
     assert_fully_rendered(written)
-    assert sorted(p.name for p in written) == ["extensions.conf", "omnicc.conf", "pjsip.conf"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "extensions.conf", "omnicc.conf", "pjsip.conf",
-    ]
+    deployable = ["extensions.conf", "omnicc.conf", "pjsip.conf", "pjsip_trunk_auth.conf"]
+    assert sorted(p.name for p in written) == deployable
+    assert sorted(p.name for p in tmp_path.iterdir()) == deployable
 
 
 def test_with_stack_dirs_asterisk_conf_and_modules_conf_are_written(
