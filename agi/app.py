@@ -29,6 +29,7 @@ from agi.handlers.agent_call import AgentCall
 from agi.handlers.agent_feature import AgentFeature
 from agi.handlers.call_end import CallEnd
 from agi.handlers.customer_entry import CustomerEntry
+from agi.handlers.forward_call import ForwardCall
 from agi.handlers.health import health
 from agi.handlers.inbound_route import BlacklistCheck, InboundRoute
 from agi.handlers.ivr import IvrEntry
@@ -84,7 +85,8 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "registered_call": RegisteredCall(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted
-        routes.update({"outbound_result": OutboundResult(outbound),
+        routes.update({"forward_call": ForwardCall(config, outbound),
+                       "outbound_result": OutboundResult(outbound),
                        "outbound_end": OutboundEnd(outbound)})
     if acd is not None:
         routes.update({

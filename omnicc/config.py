@@ -167,6 +167,33 @@ class KamailioNode(_Strict):
         return f"sip:{self.host}:{self.port}"
 
 
+TrunkKind = Literal["carrier", "pbx"]
+
+
+class TrunkCallerId(_Strict):
+    """A trunk's caller-ID policy (docs/routing.md "Caller ID"): the number it presents
+    when nothing more specific does, whether a forwarded outside caller's own number is
+    passed through (default: on a PBX) or replaced (default: on a carrier, which may refuse
+    a From it did not assign), and which identity headers Asterisk sends (PJSIP send_pai,
+    send_rpid, trust_id_outbound)."""
+
+    number: str = ""
+    forwarded: Literal["pass", "replace"] | None = None  # None: by the trunk's kind
+    send_pai: bool = False
+    send_rpid: bool = False
+    trust_id_outbound: bool = False
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _number_text(cls, value: Any) -> Any:
+        return _number_text(value)
+
+    @field_validator("number")
+    @classmethod
+    def _number(cls, value: str) -> str:
+        return _checked_number(value, "number") if value else value
+
+
 def _named(value: str, what: str) -> str:
     """A name omnicc uses in keys, file names and dialplan: refused unless plain."""
     if not NAME_RE.fullmatch(value):
@@ -281,6 +308,9 @@ class Trunk(_Strict):
     name: str
     address: str
     port: Port | None = None  # None: any source port from that address
+    # A carrier (or SBC) or the company's PBX (destinations pbx:EXT dial its extensions).
+    kind: TrunkKind = "carrier"
+    caller_id: TrunkCallerId = TrunkCallerId()
     # Outbound: where Asterisk sends this trunk's calls (an IP address or a host name) and
     # on which port; None: the trunk only brings calls in. Asterisk sends them directly
     # (a PJSIP endpoint per trunk, pjsip.conf.j2), not through Kamailio.
@@ -392,21 +422,25 @@ class Trunk(_Strict):
 
 
 DestinationKind = Literal["agent", "queue", "hangup", "busy", "ivr", "time_condition",
-                         "context"]
+                         "context", "external", "pbx"]
 
 
 class Destination(_Strict):
     """Where a call goes, as the file writes it: ``agent:1001``, ``queue:sales``,
-    ``ivr:main``, ``time_condition:office``, ``context:NAME[,EXTEN]``, ``hangup`` (403) or
-    ``busy`` (486)."""
+    ``ivr:main``, ``time_condition:office``, ``context:NAME[,EXTEN]``, ``hangup`` (403),
+    ``busy`` (486), or out again: ``external:NUMBER`` (by the outbound routes) and
+    ``pbx:EXT`` / ``pbx:EXT@TRUNK`` (an extension of the tenant's PBX trunk)."""
 
     kind: DestinationKind
     target: str = ""
     exten: str = ""  # context destinations: the extension entered ("s" when not given)
+    trunk: str = ""  # pbx destinations: the PBX trunk named ("" : the tenant's only one)
 
     def __str__(self) -> str:
         if self.kind == "context":
             return f"context:{self.target},{self.exten}"
+        if self.kind == "pbx" and self.trunk:
+            return f"pbx:{self.target}@{self.trunk}"
         return f"{self.kind}:{self.target}" if self.target else self.kind
 
     @classmethod
@@ -433,9 +467,20 @@ class Destination(_Strict):
             return cls(kind="context", target=name, exten=exten)
         if kind in ("hangup", "busy") and not target:
             return cls(kind=kind)
+        if kind == "external":
+            # The same check as a dialled number: only digits, a leading '+', '*', '#'.
+            return cls(kind="external", target=_checked_number(target, "'external:'"))
+        if kind == "pbx":
+            exten, at, trunk = target.partition("@")
+            exten = _checked_number(exten, "'pbx:' extension")
+            if at and not NAME_RE.fullmatch(trunk):
+                raise ValueError(f"'pbx:EXT@TRUNK' needs a trunk name (lower-case letters, "
+                                 f"digits, '-' and '_'), got {text!r}")
+            return cls(kind="pbx", target=exten, trunk=trunk)
         raise ValueError(
             f"unknown destination {text!r} (expected 'agent:EXT', 'queue:NAME', 'ivr:NAME', "
-            "'time_condition:NAME', 'context:NAME[,EXTEN]', 'hangup' or 'busy')")
+            "'time_condition:NAME', 'context:NAME[,EXTEN]', 'external:NUMBER', "
+            "'pbx:EXT[@TRUNK]', 'hangup' or 'busy')")
 
 
 def _destination_value(value: Any) -> Any:
@@ -499,6 +544,19 @@ class Queue(_Strict):
     # always: MixMonitor the answered call into {tenant}/{queue}/{date}/{call}.wav;
     # on_demand: the same file, when the agent presses the recording code.
     record: QueueRecordPolicy = "never"
+    # The caller ID of this queue's calls when they go out again (an overflow or failover
+    # to external:/pbx:, a transfer); "" : the route's, the trunk's (docs/routing.md).
+    caller_id: str = ""
+
+    @field_validator("caller_id", mode="before")
+    @classmethod
+    def _caller_id_text(cls, value: Any) -> Any:
+        return _number_text(value)
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, value: str) -> str:
+        return _checked_number(value, "caller_id") if value else value
 
     @field_validator("record", mode="before")
     @classmethod
@@ -1102,6 +1160,86 @@ class Tenant(_Strict):
                         if router.route_for(number) is None]
         _raise_problems(problems)
         return self
+
+    @model_validator(mode="after")
+    def _forwards(self) -> Tenant:
+        """external:NUMBER must find an outbound route now, not when a caller reaches it;
+        pbx:EXT must name (or find) one PBX trunk that dials."""
+        problems: list[Problem] = []
+        for where, what, dest in self.destinations():
+            try:
+                if dest.kind == "external":
+                    self.plan_outbound(dest.target)
+                elif dest.kind == "pbx":
+                    self.pbx_trunk(dest.trunk)
+            except (OutboundRefused, ValueError) as exc:
+                problems.append((where, f"{what} goes to {dest}: {exc}"))
+        _raise_problems(problems)
+        return self
+
+    def destinations(self) -> list[tuple[tuple[Any, ...], str, Destination]]:
+        """Every destination the tenant writes: (key path, what it is, the destination)."""
+        found: list[tuple[tuple[Any, ...], str, Destination | None]] = []
+        for index, route in enumerate(self.inbound_routes):
+            found.append((("inbound_routes", index, "destination"),
+                          f"inbound route {route.match}", route.destination))
+            if route.lookup is not None:
+                found.append((("inbound_routes", index, "lookup", "fallback"),
+                              f"the lookup fallback of inbound route {route.match}",
+                              route.lookup.fallback))
+        found.append((("blacklist", "destination"), "the blacklist destination",
+                      self.blacklist.destination))
+        for index, condition in enumerate(self.time_conditions):
+            for key in ("matched", "unmatched"):
+                found.append((("time_conditions", index, key), f"the {key} destination of "
+                              f"time condition {condition.name}", getattr(condition, key)))
+        for index, ivr in enumerate(self.ivrs):
+            for key, dest in ivr.options.items():
+                found.append((("ivrs", index, "options", key),
+                              f"option {key} of IVR {ivr.name}", dest))
+            found.append((("ivrs", index, "default"), f"the default of IVR {ivr.name}",
+                          ivr.default))
+        for index, queue in enumerate(self.queues):
+            for key in ("failover", "overflow"):
+                found.append((("queues", index, key), f"the {key} of queue {queue.name}",
+                              getattr(queue, key)))
+        return [(where, what, dest) for where, what, dest in found if dest is not None]
+
+    def pbx_trunk(self, name: str = "") -> Trunk:
+        """The trunk a pbx: destination dials: the PBX trunk `name`, or without a name the
+        tenant's only PBX trunk with a dial_host; ValueError saying why there is none."""
+        if name:
+            trunk = self.trunk(name)
+            if trunk is None:
+                raise ValueError(f"trunk {name} is not among this tenant's trunks")
+            if trunk.kind != "pbx":
+                raise ValueError(f"trunk {name} is not a PBX trunk (kind: pbx)")
+            if trunk.dial_host is None:
+                raise ValueError(f"PBX trunk {name} has no dial_host to send calls to")
+            return trunk
+        pbxs = [t for t in self.trunks if t.kind == "pbx" and t.dial_host is not None]
+        if not pbxs:
+            raise ValueError("this tenant has no PBX trunk (kind: pbx) with a dial_host")
+        if len(pbxs) > 1:
+            raise ValueError(f"this tenant has {len(pbxs)} PBX trunks "
+                             f"({', '.join(t.name for t in pbxs)}): name one, as "
+                             "pbx:EXT@TRUNK")
+        return pbxs[0]
+
+    def forward_destination(self, dest: Destination) -> Destination:
+        """An external: or pbx: destination as the call path names it: a pbx: one with its
+        trunk filled in (pbx:2001 -> pbx:2001@hq)."""
+        if dest.kind == "pbx" and not dest.trunk:
+            return dest.model_copy(update={"trunk": self.pbx_trunk().name})
+        return dest
+
+    @functools.cached_property
+    def forward_destinations(self) -> frozenset[str]:
+        """Every external: and pbx: destination of the tenant, as forward_destination()
+        names it: the only ones a call is ever sent out to without an agent."""
+        return frozenset(str(self.forward_destination(dest))
+                         for _, _, dest in self.destinations()
+                         if dest.kind in ("external", "pbx"))
 
     @functools.cached_property
     def _outbound_routes_by_pattern(self) -> list[OutboundRoute]:

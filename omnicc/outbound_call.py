@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from omnicc.caller_id import CallerId, TrunkPolicy, choose_caller_id, passes_forwarded
+from omnicc.config import Destination, Tenant, Trunk
 from omnicc.outbound import (
     FailoverDecision,
     NextStep,
@@ -93,3 +95,30 @@ def stop_cause(decision: FailoverDecision, trunk_cause: int | None) -> int:
     if trunk_cause:
         return trunk_cause
     return STOP_CAUSES.get(decision.reason, Q850_CALL_REJECTED)
+
+
+def forward_plan(tenant: Tenant, dest: Destination) -> OutboundPlan:
+    """What to dial for an inbound call sent out again. `external:NUMBER`: the tenant's
+    outbound routes, exactly as if an agent had dialled NUMBER (OutboundRefused when they
+    refuse it). `pbx:EXT@TRUNK`: EXT on that PBX trunk alone, no route (ValueError when the
+    tenant has no such trunk). The config checked both when it loaded."""
+    if dest.kind == "external":
+        return tenant.plan_outbound(dest.target)
+    if dest.kind == "pbx":
+        trunk = tenant.pbx_trunk(dest.trunk)
+        return OutboundPlan(route=f"pbx:{trunk.name}", dialled=dest.target,
+                            number=check_dialled_number(dest.target), trunks=(trunk.name,),
+                            caller_id="")
+    raise ValueError(f"{dest} is not a destination that goes out again")
+
+
+def trunk_policy(trunk: Trunk) -> TrunkPolicy:
+    return TrunkPolicy(number=trunk.caller_id.number,
+                       pass_forwarded=passes_forwarded(trunk.kind, trunk.caller_id.forwarded))
+
+
+def trunk_caller_id(trunk: Trunk, plan: OutboundPlan, *, caller: str, forwarded: bool,
+                    queue_caller_id: str = "") -> CallerId:
+    """The caller ID an attempt on `trunk` presents (omnicc/caller_id.py's precedence)."""
+    return choose_caller_id(trunk_policy(trunk), caller=caller, forwarded=forwarded,
+                            queue=queue_caller_id, route=plan.caller_id)

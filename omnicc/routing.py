@@ -36,7 +36,7 @@ class TimeStep:
 class InboundDecision:
     tenant: str
     did: str
-    destination: str  # agent | queue | hangup | busy | ivr | context
+    destination: str  # agent | queue | hangup | busy | ivr | context | external | pbx
     agent: str = ""   # the agent extension, for agent destinations
     dial: str = ""    # the Asterisk Dial() target, built from the config only
     queue: str = ""   # the queue name, for queue destinations
@@ -52,6 +52,9 @@ class InboundDecision:
     # A context destination: the admin's context (declared in the config) and extension.
     context: str = ""
     context_exten: str = ""
+    # An external: or pbx: destination: the call goes out again (omnicc/outbound_call.py
+    # forward_plan), named as Tenant.forward_destination() names it (pbx:EXT@TRUNK).
+    forward: str = ""
     # The time conditions passed through on the way, in order.
     steps: tuple[TimeStep, ...] = ()
 
@@ -96,6 +99,12 @@ def decide_destination(tenant: Tenant, did: str, dest: Destination,
                                f"{tenant.name}")
         return InboundDecision(destination="context", context=dest.target,
                                context_exten=dest.exten or "s", **common)
+    if dest.kind in ("external", "pbx"):
+        try:
+            forward = tenant.forward_destination(dest)
+        except ValueError as exc:
+            raise RoutingError(f"{dest}: {exc}") from None
+        return InboundDecision(destination=dest.kind, forward=str(forward), **common)
     return InboundDecision(destination=dest.kind, **common)
 
 

@@ -4,11 +4,11 @@ First the caller's number is checked against the tenant's blacklist (Redis): a l
 caller goes to the tenant's blacklist destination (default: hung up, 403). Otherwise the
 DID's route (exact, else the best pattern) decides, through any time conditions.
 
-Sets OMNICC_DEST (agent | queue | hangup | busy | ivr | context) and what the destination
-needs (agi/handlers/route_answers.py), and OMNICC_STATUS (OK, or ERROR so the dialplan
-takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang up with; a Redis error
-on the blacklist check leaves the cause empty: 503, the carrier tries elsewhere).
-Every decision is appended to the tenant's event stream: call_blacklisted, one
+Sets OMNICC_DEST (agent | queue | hangup | busy | ivr | context | external | pbx) and
+what the destination needs (agi/handlers/route_answers.py), and OMNICC_STATUS (OK, or
+ERROR so the dialplan takes the failover path, with OMNICC_CAUSE the Q.850 cause to hang
+up with; a Redis error on the blacklist check leaves the cause empty: 503, the carrier
+tries elsewhere). Every decision is appended to the tenant's event stream: call_blacklisted, one
 time_condition per time condition passed, call_routed (or call_unrouted), and for a
 route with `record: always` a call_recording event naming the file (omnicc/recording.py)
 that the dialplan records the call into (OMNICC_ROUTE_RECORDING). A route with a `lookup`
@@ -170,4 +170,6 @@ def destination_fields(decision: InboundDecision) -> dict[str, str]:
         return {"ivr": decision.ivr}
     if decision.context:
         return {"context": decision.context, "context_exten": decision.context_exten}
+    if decision.forward:
+        return {"forward": decision.forward}
     return {}

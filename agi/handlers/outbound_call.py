@@ -1,17 +1,25 @@
-"""Outbound calls: an agent's call to a number that is not an agent's extension.
+"""Outbound calls: an agent's call to a number that is not an agent's extension, and an
+inbound call that an external: or pbx: destination sends out again (a forwarded call).
 
-Three AGI steps on the agent's channel (dialplan/omnicc.conf [omnicc-from-agent]):
+Three AGI steps on the calling channel (dialplan/omnicc.conf [omnicc-from-agent]):
 
 - agent_call (agi/handlers/agent_call.py) hands the call to OutboundCalls.start(): the
   dialled number is checked and routed (Tenant.plan_outbound); refused numbers end with
   OMNICC_STATUS=ERROR and a cause (484 invalid, 404 no route, 403 do-not-call) and nothing
   is dialled. Otherwise the first trunk of the route with a free channel is chosen:
-  OMNICC_DEST=outbound, OMNICC_DIAL, OMNICC_OUTBOUND_TRUNK (and CALLERID(num) when the
-  route has a caller_id).
-- `outbound_result?tenant=&dialled=&agent=&trunk=&dialstatus=` after each Dial() that
-  returned: the trunk's SIP response (HANGUPCAUSE(<channel>,tech)) and decide_after_dial()
-  say whether the next trunk is tried (OMNICC_OUTBOUND_NEXT=dial and a new OMNICC_DIAL) or
-  the call ends with OMNICC_CAUSE (busy 486 stays busy: never another carrier).
+  OMNICC_DEST=outbound, OMNICC_DIAL, OMNICC_OUTBOUND_TRUNK. forward_call
+  (agi/handlers/forward_call.py) hands a forwarded call to OutboundCalls.forward(): the
+  same, from the destination (omnicc/outbound_call.py forward_plan), with no agent;
+  OMNICC_OUTBOUND_FOR names the destination for the next steps.
+  Each trunk attempt sets CALLERID(num) to the number omnicc/caller_id.py chooses for that
+  trunk (queue, route, trunk, or the caller's own, which OMNICC_CALLER_NUM keeps so that a
+  later trunk can put it back); OMNICC_OUTBOUND_QUEUE names the queue whose caller_id
+  applies.
+- `outbound_result?tenant=&dialled=&agent=&trunk=&dialstatus=&forward=&queue=&caller=`
+  after each Dial() that returned: the trunk's SIP response (HANGUPCAUSE(<channel>,tech))
+  and decide_after_dial() say whether the next trunk is tried (OMNICC_OUTBOUND_NEXT=dial
+  and a new OMNICC_DIAL) or the call ends with OMNICC_CAUSE (busy 486 stays busy: never
+  another carrier).
 - `outbound_end?tenant=&trunk=` from the hang-up handler: the trunk channel is released.
 
 The plan is made again from the config at each step, never carried in channel variables
@@ -24,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from redis.exceptions import RedisError
 
 from agi.protocol import AGISession
 from omnicc.channel_limit import ChannelGrant, Renewal
-from omnicc.config import OmniccConfig, Tenant
+from omnicc.config import Destination, OmniccConfig, Tenant
 from omnicc.events import EventLog
 from omnicc.outbound import (
     NextStep,
@@ -44,7 +53,9 @@ from omnicc.outbound_call import (
     Q850_TRUNKS_FAILED,
     REFUSAL_CAUSES,
     dialled_trunk_channel,
+    forward_plan,
     stop_cause,
+    trunk_caller_id,
     trunk_dial,
     trunks_after,
 )
@@ -53,6 +64,22 @@ log = logging.getLogger("omnicc.agi.outbound")
 
 # What an event shows of a dialled string (one refused may be hundreds of characters).
 SHOWN_DIALLED = 64
+
+
+@dataclass(frozen=True)
+class CallOrigin:
+    """Whose call goes out, as the caller ID precedence needs it: the caller's own number
+    (before omnicc changed it), whether it is an outside caller's call forwarded, and the
+    caller_id of the queue it went out of ("" : none)."""
+
+    caller: str
+    forwarded: bool = False
+    queue_caller_id: str = ""
+
+
+def own_number(callerid: str) -> str:
+    """The caller's number as Asterisk gave it to the AGI ("unknown" when it had none)."""
+    return "" if callerid == "unknown" else callerid
 
 
 class ChannelStore(Protocol):
@@ -152,12 +179,40 @@ class OutboundCalls:
         return tenant.plan_outbound(dialled, listed.__contains__) if listed else plan
 
     async def start(self, session: AGISession, tenant: Tenant, agent: str,
-                    dialled: str) -> None:
+                    dialled: str, queue: str = "") -> None:
+        """Agent `agent` (checked by the caller of this) dialled `dialled`; `queue`: the
+        queue whose caller_id applies (a transfer of one of its calls), "" none."""
         req = session.request
         common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
+        await self._go_out(session, tenant, dialled, None, queue, common)
+
+    async def forward(self, session: AGISession, tenant: Tenant, forward: str,
+                      queue: str = "") -> None:
+        """An inbound call sent out again to `forward` (external:NUMBER or pbx:EXT@TRUNK,
+        one of the tenant's own destinations: Tenant.forward_destinations), no agent;
+        `queue`: the queue the call came through, whose caller_id applies."""
+        req = session.request
+        common = {"uniqueid": req.uniqueid, "agent": "", "channel": req.channel,
+                  "forward": forward[:SHOWN_DIALLED]}
+        if forward not in tenant.forward_destinations:
+            # Only routing answers set it, from the config: a bug, not a caller.
+            log.error("call %s: %r is no forward destination of tenant %s", req.uniqueid,
+                      forward, tenant.name)
+            await _fail(session, f"{forward!r} is no forward destination", Q850_NO_CIRCUIT)
+            return
+        dest = Destination.parse(forward)
+        await self._go_out(session, tenant, dest.target, dest, queue, common)
+
+    async def _go_out(self, session: AGISession, tenant: Tenant, dialled: str,
+                      forward: Destination | None, queue: str,
+                      common: dict[str, str]) -> None:
+        req = session.request
         shown = dialled[:SHOWN_DIALLED]
         try:
-            plan = await self.plan(tenant, dialled)
+            if forward is not None and forward.kind == "pbx":
+                plan = forward_plan(tenant, forward)  # no route: the PBX trunk itself
+            else:
+                plan = await self.plan(tenant, dialled)
         except OutboundRefused as exc:
             log.info("outbound call %s refused: %s", req.uniqueid, exc)
             await self._events.append(tenant.name, "outbound_refused", dialled=shown,
@@ -173,15 +228,33 @@ class OutboundCalls:
             await _fail(session, f"cannot check the do-not-call list: {exc}",
                         Q850_NO_CIRCUIT)
             return
+        except ValueError as exc:  # a PBX trunk gone: the config checked it at load
+            log.error("call %s: %s", req.uniqueid, exc)
+            await _fail(session, str(exc), Q850_NO_CIRCUIT)
+            return
+        origin = CallOrigin(caller=own_number(req.callerid), forwarded=forward is not None,
+                            queue_caller_id=self._queue_caller_id(tenant, queue))
         await self._events.append(
             tenant.name, "outbound_routed", dialled=plan.dialled, route=plan.route,
             number=plan.number, trunks=",".join(plan.trunks), caller_id=plan.caller_id,
-            emergency="1" if plan.emergency else "0", **common)
+            emergency="1" if plan.emergency else "0", queue=queue, **common)
         await session.set_variable("OMNICC_DEST", "outbound")
-        if plan.caller_id:  # the route's number towards the carrier, from the config
-            await session.set_variable("CALLERID(num)", plan.caller_id)
-        if await self._dial_first_free(session, tenant, plan, plan.trunks, common):
+        # What outbound_result needs to make the same choices again at the next trunk.
+        await session.set_variable("OMNICC_CALLER_NUM", origin.caller)
+        if forward is not None:
+            await session.set_variable("OMNICC_OUTBOUND_FOR", str(forward))
+        if queue:
+            await session.set_variable("OMNICC_OUTBOUND_QUEUE", queue)
+        if await self._dial_first_free(session, tenant, plan, plan.trunks, common, origin,
+                                       origin.caller):
             await session.set_variable("OMNICC_STATUS", "OK")
+
+    def _queue_caller_id(self, tenant: Tenant, queue: str) -> str:
+        found = tenant.queue(queue) if queue else None
+        if queue and found is None:
+            log.error("tenant %s has no queue %r: its caller ID is not used", tenant.name,
+                      queue)
+        return found.caller_id if found is not None else ""
 
     async def after_dial(self, session: AGISession) -> None:
         req = session.request
@@ -194,8 +267,17 @@ class OutboundCalls:
             await _stop(session, Q850_TRUNKS_FAILED)
             return
         common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
+        forward, queue = p.get("forward", ""), p.get("queue", "")
         try:
-            plan = tenant.plan_outbound(p.get("dialled", ""))
+            if forward:
+                # A forwarded call: planned again from its destination, which must be one
+                # of the tenant's own (never an agent's: no agent dialled anything).
+                if forward not in tenant.forward_destinations:
+                    raise ValueError(f"{forward!r} is no forward destination")
+                common["forward"] = forward
+                plan = forward_plan(tenant, Destination.parse(forward))
+            else:
+                plan = tenant.plan_outbound(p.get("dialled", ""))
             remaining = trunks_after(plan, trunk)
         except (OutboundRefused, ValueError) as exc:
             # The dialplan only asks about calls agent_call routed: a bug, not a caller.
@@ -220,7 +302,16 @@ class OutboundCalls:
             cause="" if trunk_cause is None else str(trunk_cause),
             decision=decision.step.value, reason=decision.reason, **common)
         if decision.step is NextStep.TRY_NEXT_TRUNK and remaining:
-            if await self._dial_first_free(session, tenant, plan, remaining, common):
+            origin = CallOrigin(caller=p.get("caller", ""), forwarded=bool(forward),
+                                queue_caller_id=self._queue_caller_id(tenant, queue))
+            tried = tenant.trunk(trunk)
+            assert tried is not None  # trunks_after() found it in the plan
+            # The number the channel presents now: the one chosen for the trunk just tried.
+            current = trunk_caller_id(tried, plan, caller=origin.caller,
+                                      forwarded=origin.forwarded,
+                                      queue_caller_id=origin.queue_caller_id).number
+            if await self._dial_first_free(session, tenant, plan, remaining, common, origin,
+                                           current):
                 await session.set_variable("OMNICC_OUTBOUND_NEXT", "dial")
             return
         if decision.step is NextStep.TRY_NEXT_TRUNK:
@@ -236,9 +327,11 @@ class OutboundCalls:
 
     async def _dial_first_free(self, session: AGISession, tenant: Tenant,
                                plan: OutboundPlan, candidates: tuple[str, ...],
-                               common: dict[str, str]) -> bool:
-        """Sets OMNICC_DIAL for the first of `candidates` with a free channel and says
-        True; else ends the call with 503 (no circuit) and says False."""
+                               common: dict[str, str], origin: CallOrigin,
+                               current_number: str) -> bool:
+        """Sets OMNICC_DIAL for the first of `candidates` with a free channel, and
+        CALLERID(num) to that trunk's caller ID when it is not `current_number` already,
+        and says True; else ends the call with 503 (no circuit) and says False."""
         channel = session.request.uniqueid
         for trunk_name in candidates:
             trunk = tenant.trunk(trunk_name)
@@ -269,9 +362,15 @@ class OutboundCalls:
                             trunk=trunk.name, in_use=str(grant.in_use),
                             limit=str(grant.limit), **common)
                         continue
+            caller_id = trunk_caller_id(trunk, plan, caller=origin.caller,
+                                        forwarded=origin.forwarded,
+                                        queue_caller_id=origin.queue_caller_id)
             try:
                 # Set at once: the hang-up handler releases what this names.
                 await session.set_variable("OMNICC_OUTBOUND_TRUNK", trunk.name)
+                if caller_id.number != current_number:
+                    # Configured numbers were checked at load; the caller's own is put back.
+                    await session.set_variable("CALLERID(num)", caller_id.number)
                 await session.set_variable("OMNICC_DIAL",
                                            trunk_dial(tenant.name, trunk.name, plan.number))
             except BaseException:
@@ -279,7 +378,8 @@ class OutboundCalls:
                 raise
             await self._events.append(tenant.name, "outbound_trunk_dialled",
                                       route=plan.route, trunk=trunk.name,
-                                      number=plan.number, **common)
+                                      number=plan.number, caller_id=caller_id.number,
+                                      caller_id_source=caller_id.source.value, **common)
             return True
         await self._events.append(tenant.name, "outbound_failed", route=plan.route,
                                   reason="no_free_trunk", **common)

@@ -5,7 +5,9 @@ A queue destination also carries OMNICC_QUEUE_MOH (the queue's music-on-hold cla
 for Asterisk's default) and, when the route gives one, OMNICC_PRIORITY. An IVR carries
 OMNICC_IVR, OMNICC_IVR_PROMPT, OMNICC_IVR_DIGITS and OMNICC_IVR_TIMEOUT (what Read() is
 given: all from the config), a context destination OMNICC_CONTEXT and
-OMNICC_CONTEXT_EXTEN (a context the config declares)."""
+OMNICC_CONTEXT_EXTEN (a context the config declares). An external: or pbx: destination
+carries OMNICC_FORWARD, the destination as the config names it; the dialplan hands it to
+forward_call (agi/handlers/forward_call.py), which sends the call out again."""
 
 from __future__ import annotations
 
@@ -50,4 +52,6 @@ async def answer_decision(session: AGISession, decision: InboundDecision) -> Non
     if decision.context:
         await session.set_variable("OMNICC_CONTEXT", decision.context)
         await session.set_variable("OMNICC_CONTEXT_EXTEN", decision.context_exten)
+    if decision.forward:
+        await session.set_variable("OMNICC_FORWARD", decision.forward)
     await session.set_variable("OMNICC_STATUS", "OK")
