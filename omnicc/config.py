@@ -349,8 +349,8 @@ class Trunk(_Strict):
             # Credentials and a registration belong to the endpoint dial_host makes.
             for key in ("credentials", "registration"):
                 if getattr(self, key) is not None:
-                    problems.append(((key,), f"{key} need a dial_host (the carrier Asterisk "
-                                             "sends calls to)"))
+                    problems.append(((key,), f"a trunk with {key} needs a dial_host (the "
+                                             "carrier Asterisk sends calls to)"))
         if self.registration is not None and self.credentials is None:
             problems.append((("registration",), "a registration needs credentials "
                                                 "(username and password)"))

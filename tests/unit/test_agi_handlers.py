@@ -237,7 +237,8 @@ def test_build_routes_answers_exactly_the_dialplans_scripts(
 ) -> None:
     routes = build_routes(config, as_event_log(events))
     assert set(routes) == {"health", "inbound_route", "ivr_entry", "call_end", "agent_call",
-                           "transfer", "transfer_attended", "customer_entry"}
+                           "transfer", "transfer_attended", "customer_entry",
+                           "registered_call"}
     assert routes["health"] is health
     assert isinstance(routes["inbound_route"], InboundRoute)
     assert isinstance(routes["call_end"], CallEnd)
