@@ -80,7 +80,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "call_end": CallEnd(config, events),
         "agent_call": AgentCall(config, events, outbound),
         "customer_entry": CustomerEntry(config, events),
-        "transfer": Transfer(config, events, outbound),
+        "transfer": Transfer(config, events, outbound, acd),
         "transfer_attended": TransferAttended(config, events),
         "registered_call": RegisteredCall(config, events),
     }

@@ -1,49 +1,72 @@
-"""`transfer?tenant=&target=&agent=&transferer=`: a blind transfer (REFER) of a call.
+"""`transfer?tenant=&target=&agent=&call=&transferer=`: a blind transfer (REFER) of a call.
 
 Asterisk moved the transferred caller's channel to the omnicc-transfer context; `target`
 is the Refer-To's user part, exactly as the phone sent it, `agent` the agent the call was
-with (OMNICC_AGENT, may be empty), `transferer` Asterisk's BLINDTRANSFER (the agent's
-channel). The target is checked and looked up in the channel's tenant only
-(omnicc/transfer.py): the answer is the same as an inbound route's, and the dialplan
-carries it out at omnicc-from-kamailio's `route` label. Any other number goes out by the
+routed to (OMNICC_AGENT, may be empty), `call` the call's ACD id when it came through a
+queue (OMNICC_QCALL), `transferer` Asterisk's BLINDTRANSFER (the agent's channel). The
+transferring agent of a queue call is the one the ACD connected it to (omnicc/transfer.py
+transferring_agent); a routed transfer ends that ACD call (the agent goes into wrap-up)
+and clears OMNICC_QCALL, so the call's next transfer is the next agent's. The target is
+checked and looked up in the channel's tenant only (omnicc/transfer.py): the answer is
+the same as an inbound route's, and the dialplan carries it out at omnicc-from-kamailio's
+`route` label. Any other number goes out by the
 tenant's outbound routes as if the agent had dialled it (agi/handlers/outbound_call.py:
 checked, routed, OMNICC_DEST=outbound, carried out at omnicc-from-agent's `outbound`
-label), when the tenant has outbound routes and `agent` is one of its agents. Either way
+label), when the tenant has outbound routes and the transferring agent is one of its
+agents. Either way
 a `call_transferred` event says who transferred which call to what, and the outcome.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
+
+from redis.exceptions import RedisError
 
 from agi.handlers.outbound_call import OutboundCalls
 from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
-from omnicc.config import OmniccConfig
+from omnicc.acd import AcdResult, CallStatus
+from omnicc.config import OmniccConfig, Tenant
 from omnicc.events import EventLog
 from omnicc.outbound import OutboundRefused
 from omnicc.routing import RoutingError
-from omnicc.transfer import OutsideTarget, TransferKind, decide_transfer
+from omnicc.transfer import OutsideTarget, TransferKind, decide_transfer, transferring_agent
 
 log = logging.getLogger("omnicc.agi.transfer")
 
 
+class QueueCalls(Protocol):
+    """What a transfer asks of the ACD (omnicc.acd.AcdStore)."""
+
+    async def call_status(self, tenant: str, call: str) -> CallStatus | None: ...
+
+    async def hangup(self, tenant: str, call: str, reason: str = "caller") -> AcdResult: ...
+
+
 class Transfer:
     def __init__(self, config: OmniccConfig, events: EventLog,
-                 outbound: OutboundCalls | None = None):
+                 outbound: OutboundCalls | None = None, acd: QueueCalls | None = None):
         self._config = config
         self._events = events
         self._outbound = outbound
+        self._acd = acd
 
     async def __call__(self, session: AGISession) -> None:
         req = session.request
         tenant_name = req.params.get("tenant", "")
         target = req.params.get("target", "")
-        common = {"uniqueid": req.uniqueid, "kind": TransferKind.BLIND.value,
-                  "from_agent": req.params.get("agent", ""), "target": target,
-                  "transferer": req.params.get("transferer", ""), "channel": req.channel}
         tenant = self._config.tenant(tenant_name)
-        from_agent = common["from_agent"]
+        queue_call = req.params.get("call", "")
+        status = await self._queue_call(tenant, queue_call)
+        from_agent = (transferring_agent(tenant, req.params.get("agent", ""), queue_call, status)
+                      if tenant is not None else req.params.get("agent", ""))
+        common = {"uniqueid": req.uniqueid, "kind": TransferKind.BLIND.value,
+                  "from_agent": from_agent, "target": target,
+                  "transferer": req.params.get("transferer", ""), "channel": req.channel}
+        if status is not None and from_agent:
+            common["from_queue"] = status.queue
         try:
             decision = decide_transfer(self._config, tenant_name, target)
         except OutsideTarget as exc:
@@ -52,17 +75,20 @@ class Transfer:
                 await self._refuse(session, tenant_name, target, exc, common)
                 return
             try:
-                tenant.plan_outbound(target)
-            except OutboundRefused as refused:
+                await self._outbound.plan(tenant, target)
+            except (OutboundRefused, RedisError) as refused:
                 await self._events.append(tenant.name, "call_transferred", outcome="refused",
                                           reason=str(refused), **common)
             else:
                 await self._events.append(tenant.name, "call_transferred", outcome="routed",
                                           destination="outbound", **common)
+                await self._end_queue_call(session, tenant, queue_call, from_agent)
             # What omnicc-from-agent's outbound label and outbound_result read.
             await session.set_variable("OMNICC_DID", target)
             await session.set_variable("OMNICC_AGENT_FROM", from_agent)
-            await self._outbound.start(session, tenant, from_agent, target)
+            # A queue call goes out with its queue's caller_id, when it has one.
+            await self._outbound.start(session, tenant, from_agent, target,
+                                       queue=common.get("from_queue", ""))
             return
         except RoutingError as exc:
             await self._refuse(session, tenant_name, target, exc, common)
@@ -70,8 +96,36 @@ class Transfer:
         await self._events.append(decision.tenant, "call_transferred", outcome="routed",
                                   destination=decision.destination, agent=decision.agent,
                                   queue=decision.queue, **common)
+        if tenant is not None:
+            await self._end_queue_call(session, tenant, queue_call, from_agent)
         await session.set_variable("OMNICC_DID", decision.did)
         await answer_decision(session, decision)
+
+    async def _queue_call(self, tenant: Tenant | None, call: str) -> CallStatus | None:
+        """The ACD's record of the queue call `call` (None: none, or it cannot be read)."""
+        if not call or tenant is None or self._acd is None:
+            return None
+        try:
+            return await self._acd.call_status(tenant.name, call)
+        except (RedisError, ValueError) as exc:
+            log.error("transfer: cannot read queue call %r: %s", call, exc)
+            return None
+
+    async def _end_queue_call(self, session: AGISession, tenant: Tenant, call: str,
+                              agent: str) -> None:
+        """The transferring agent's part of a queue call is over: the ACD ends it (the
+        agent goes into wrap-up, as after a hang-up), and the channel forgets it."""
+        if not call or not agent or self._acd is None:
+            return
+        try:
+            result = await self._acd.hangup(tenant.name, call, "transferred")
+        except (RedisError, ValueError) as exc:
+            # The queue's hang-up handler ends it when the caller hangs up.
+            log.error("transfer: cannot end queue call %s: %s", call, exc)
+            return
+        if not result.ok:
+            log.warning("transfer: queue call %s not ended: %s", call, result.code)
+        await session.set_variable("OMNICC_QCALL", "")
 
     async def _refuse(self, session: AGISession, tenant_name: str, target: str,
                       exc: RoutingError, common: dict[str, str]) -> None:
