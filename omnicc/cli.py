@@ -62,11 +62,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append([st.name, str(st.pid or "-"), st.ports, health])
     print(format_table(["service", "pid", "ports", "health"], rows))
     healthy = all(st.healthy for st in stack.status())
+    registrations = _registrations_table(stack)
+    if registrations:
+        print()
+        print(registrations)
     redis_status = next(st for st in stack.status() if st.name == "redis")
     if redis_status.healthy:
         print()
         print(_bans_table(stack))
     return 0 if healthy else 3
+
+
+def _registrations_table(stack) -> str:
+    """Each registration trunk's state, as the running Asterisk reports it; "" when the
+    config has none."""
+    from omnicc.reports import format_table
+    from omnicc.stack import AsteriskService, StackError
+    from omnicc.trunk_registration import parse_registrations
+
+    names = [f"trunk.{t.name}.{k.name}" for t in stack.config.tenants for k in t.trunks
+             if k.registration is not None and k.dial_host is not None]
+    if not names:
+        return ""
+    asterisk = next(s for s in stack.services if isinstance(s, AsteriskService))
+    if asterisk.pid() is None:
+        return "trunk registrations: asterisk is not running"
+    try:
+        states = {r.name: r for r in parse_registrations(
+            asterisk.cli("pjsip show registrations"))}
+    except StackError as exc:
+        return f"trunk registrations: unknown ({exc})"
+    rows = [[name, states[name].server if name in states else "-",
+             states[name].status if name in states else "not loaded"] for name in names]
+    return "trunk registrations:\n" + format_table(["registration", "registrar", "state"], rows)
 
 
 def _ban_list(stack):

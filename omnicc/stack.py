@@ -490,6 +490,31 @@ class AsteriskService(Service):
     def healthy(self) -> bool:
         return sip_options_ping(self.host, self.cfg.services.asterisk.port, timeout=0.5)
 
+    def cli(self, command: str, timeout: float = 10.0) -> str:
+        """The output of `asterisk -rx COMMAND` against this stack's running Asterisk (its
+        control socket under var/run/asterisk); StackError when it cannot be asked."""
+        root = self._root()
+        conf = f"{self._dirs(root).etc}/asterisk.conf"
+        if root is None:
+            argv = [_find_binary("asterisk", "asterisk"), "-C", conf, "-rx", command]
+        else:  # the same private mounts as the running Asterisk's (argv())
+            script = (
+                'set -e; mkdir -p "$1/omnicc"; mount --bind "$2" "$1/omnicc"; '
+                'mount -t proc proc "$1/proc"; mount --bind /dev "$1/dev"; '
+                'exec chroot "$1" /usr/sbin/asterisk -C "$3" -rx "$4"'
+            )
+            argv = [_find_binary("unshare", "util-linux"), "--mount", "--propagation",
+                    "private", "sh", "-c", script, "omnicc-asterisk-cli", str(root),
+                    str(self.stack.var), conf, command]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"asterisk -rx {command!r}: no answer in {timeout:.0f} s") from None
+        if done.returncode != 0:
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            raise StackError(f"asterisk -rx {command!r}: {reason[-1] if reason else 'failed'}")
+        return done.stdout
+
 
 # Kamailio's memory (MB). Shared memory holds transactions, dialogs, usrloc and the htables:
 # a registration replicated over DMQ keeps its KDMQ transaction (~10 KB) in tm's wait timer

@@ -13,6 +13,8 @@ the To header; the trunk's `registration.did_from` says which one to read.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from omnicc.config import DID_RE, Trunk
@@ -58,3 +60,26 @@ def registered_call_did(trunk: Trunk, request_uri: str, to_uri: str) -> str:
         raise RegisteredCallRefused(
             f"{where} holds no DID ({shown}): digits with an optional leading '+', 1 to 20")
     return did
+
+
+@dataclass(frozen=True)
+class RegistrationState:
+    """One line of Asterisk's `pjsip show registrations`."""
+
+    name: str    # the registration's section: trunk.TENANT.TRUNK
+    server: str  # its server_uri
+    status: str  # Registered, Unregistered, Rejected, Stopped, ...
+
+
+# " trunk.acme.carrier-b/sip:203.0.113.20:5060   trunk.acme.carrier-b   Registered  (exp. 589s)"
+_REGISTRATION_LINE = re.compile(r"^\s*(\S+?)/(sips?:\S+)\s+(?:\S+\s+)?([A-Z][A-Za-z]+)(?:\s|$)")
+
+
+def parse_registrations(text: str) -> list[RegistrationState]:
+    """The registrations `pjsip show registrations` lists (header and footer skipped)."""
+    found = []
+    for line in text.splitlines():
+        match = _REGISTRATION_LINE.match(line)
+        if match and not line.lstrip().startswith("<"):
+            found.append(RegistrationState(*match.groups()))
+    return found

@@ -13,7 +13,9 @@ credentials, and the INVITE offers only the trunk's codec (`codecs: [alaw]`: PCM
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,13 +26,14 @@ import pytest
 from omnicc import sipp
 from omnicc.sipp import SippRun
 
-from .conftest import RunningStack, free_ports, make_stack_dir, stack_up
+from .conftest import RunningStack, free_ports, make_stack_dir, omnicc_cli, stack_up
 from .test_first_call import now_id
 from .test_outbound_calls import agent_dials, events_until, final_status, named
 
 pytestmark = pytest.mark.integration
 
 CARRIER_IP = "127.0.0.110"      # the registrar, the carrier's calls, its outbound side
+RURI_CARRIER_IP = "127.0.0.111"  # a second carrier, which puts the DID in the Request-URI
 USER = "4420712345"
 PASSWORD = "it-Carrier-pw!9"
 BUSY_DID = "5550111"            # inbound route: busy (486)
@@ -58,6 +61,12 @@ tenants:
         codecs: [alaw]
         credentials: {{username: "4420712345", password: "it-Carrier-pw!9"}}
         registration: {{expiration: 600, retry_interval: 5}}
+      - name: carrier-ruri
+        address: 127.0.0.111
+        dial_host: 127.0.0.111
+        dial_port: {carrier_ruri}
+        credentials: {{username: "4420712345", password: "it-Carrier-pw!9"}}
+        registration: {{expiration: 600, retry_interval: 5, did_from: request_uri}}
     outbound_routes:
       - {{name: carrier, patterns: [_9X.], strip: 1, trunks: [carrier-reg]}}
     inbound_routes:
@@ -70,14 +79,15 @@ class RegisteredStack:
     running: RunningStack
     registrar: SippRun
     carrier_port: int
+    ruri_registrar: SippRun
 
     @property
     def asterisk(self) -> str:
         return f"127.0.0.1:{self.running.config.services.asterisk.port}"
 
-    def registered_contact(self) -> str:
+    def registered_contact(self, registrar: SippRun | None = None) -> str:
         """The contact URI of the authenticated REGISTER the registrar accepted."""
-        registers = [m for m in self.registrar.traced_messages()
+        registers = [m for m in (registrar or self.registrar).traced_messages()
                      if m.is_request and m.method == "REGISTER" and not m.sent]
         contact = registers[-1].header("contact")
         match = re.fullmatch(r"<([^>]*)>.*", contact)
@@ -85,31 +95,41 @@ class RegisteredStack:
         return match.group(1)
 
 
+def registrar(name: str, ip: str, port: int, workdir: Path) -> SippRun:
+    return SippRun(name, [
+        sipp.sipp_binary(), "-sf", str(sipp.SCENARIOS / "carrier_registrar.xml"),
+        "-i", ip, "-p", str(port), "-m", "1",
+        "-key", "user", USER, "-key", "password", PASSWORD,
+        *sipp._common(name, workdir),
+    ], workdir)
+
+
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisteredStack]:
+def registered() -> Iterator[RegisteredStack]:
     (carrier_port,) = free_ports(1, CARRIER_IP)
+    (ruri_port,) = free_ports(1, RURI_CARRIER_IP)
     workdir = make_stack_dir("omnicc-it-registrar-")
     # Listening before Asterisk starts: Asterisk registers as soon as it has loaded.
-    registrar = SippRun("registrar", [
-        sipp.sipp_binary(), "-sf", str(sipp.SCENARIOS / "carrier_registrar.xml"),
-        "-i", CARRIER_IP, "-p", str(carrier_port), "-m", "1",
-        "-key", "user", USER, "-key", "password", PASSWORD,
-        *sipp._common("registrar", workdir),
-    ], workdir).start()
+    registrars = [registrar("registrar", CARRIER_IP, carrier_port, workdir).start(),
+                  registrar("registrar-ruri", RURI_CARRIER_IP, ruri_port, workdir).start()]
     try:
         with stack_up("omnicc-it-registration-", "registration", REGISTRATION_CONFIG,
-                      carrier=carrier_port) as running:
-            assert registrar.wait(timeout=60) == 0, registrar.trace()
-            yield RegisteredStack(running, registrar, carrier_port)
+                      carrier=carrier_port, carrier_ruri=ruri_port) as running:
+            for run in registrars:
+                assert run.wait(timeout=60) == 0, run.trace()
+            yield RegisteredStack(running, registrars[0], carrier_port, registrars[1])
     finally:
-        registrar.stop()
+        for run in registrars:
+            run.stop()
+        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def carrier_calls(stack: RegisteredStack, workdir: Path, ruri: str, did: str,
-                  name: str = "carrier") -> SippRun:
+                  name: str = "carrier", ip: str = CARRIER_IP) -> SippRun:
     run = SippRun(name, [
         sipp.sipp_binary(), stack.asterisk, "-sf",
-        str(sipp.SCENARIOS / "carrier_calls_contact.xml"), "-i", CARRIER_IP, "-p", "0",
+        str(sipp.SCENARIOS / "carrier_calls_contact.xml"), "-i", ip, "-p", "0",
         "-m", "1", "-key", "ruri", ruri, "-key", "did", did, "-timeout", "20s",
         *sipp._common(name, workdir),
     ], workdir)
@@ -155,6 +175,15 @@ def test_asterisk_registers_and_answers_the_registrars_challenge(
     assert re.search(r";line=[a-z0-9]+", contact), contact
 
 
+def test_omnicc_status_shows_the_registration_state(registered: RegisteredStack) -> None:
+    done = omnicc_cli(registered.running.directory, "status")
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
+    (line,) = [line for line in done.stdout.splitlines()
+               if line.startswith("trunk.default.carrier-reg")]
+    assert line.split()[1:] == [f"sip:{CARRIER_IP}:{registered.carrier_port}", "Registered"]
+
+
 def test_a_call_to_the_registered_contact_reaches_the_inbound_route(
     registered: RegisteredStack, sipp_dir: Path
 ) -> None:
@@ -165,6 +194,35 @@ def test_a_call_to_the_registered_contact_reaches_the_inbound_route(
     (routed,) = named(events, "call_routed")
     assert (routed["did"], routed["trunk"], routed["destination"]) == (
         BUSY_DID, "carrier-reg", "busy")
+
+
+def test_a_carrier_with_the_did_in_the_request_uri(
+    registered: RegisteredStack, sipp_dir: Path
+) -> None:
+    since = now_id()
+    contact = registered.registered_contact(registered.ruri_registrar)
+    # This carrier sends sip:DID@CONTACT-HOST;line=TOKEN, and its own number in To.
+    ruri = re.sub(r"^sip:[^@]+@", f"sip:{BUSY_DID}@", contact)
+    assert ";line=" in ruri and ruri != contact
+    run = carrier_calls(registered, sipp_dir, ruri, "5559999", ip=RURI_CARRIER_IP)
+    assert invite_final(run) == 486
+    events = events_until(registered.running, since, "call_ended")
+    (routed,) = named(events, "call_routed")
+    assert (routed["did"], routed["trunk"]) == (BUSY_DID, "carrier-ruri")
+
+
+def test_one_trunks_token_does_not_open_the_others_did_source(
+    registered: RegisteredStack, sipp_dir: Path
+) -> None:
+    """carrier-reg's token reads the DID from To, whatever the Request-URI's user is."""
+    since = now_id()
+    contact = registered.registered_contact()
+    ruri = re.sub(r"^sip:[^@]+@", f"sip:{BUSY_DID}@", contact)
+    run = carrier_calls(registered, sipp_dir, ruri, "5559999")
+    assert invite_final(run) == 404  # To's 5559999 has no route
+    events = events_until(registered.running, since, "call_ended")
+    (unrouted,) = named(events, "call_unrouted")
+    assert (unrouted["did"], unrouted["trunk"]) == ("5559999", "carrier-reg")
 
 
 @pytest.mark.parametrize("token", ["none", "wrong"])

@@ -13,7 +13,13 @@ import pytest
 from agi.handlers.registered_call import RegisteredCall
 from omnicc.config import KNOWN_CODECS, ConfigError, OmniccConfig, parse_config
 from omnicc.render import REPO_ROOT, render_asterisk
-from omnicc.trunk_registration import RegisteredCallRefused, registered_call_did, uri_user
+from omnicc.trunk_registration import (
+    RegisteredCallRefused,
+    RegistrationState,
+    parse_registrations,
+    registered_call_did,
+    uri_user,
+)
 
 from .test_agi_handlers import MemoryEventLog, as_event_log, run_handler
 
@@ -333,3 +339,27 @@ def test_registered_call_for_an_unknown_or_plain_trunk_is_refused(
                              to_uri="sip:5550100@h")
     assert record.variables["OMNICC_STATUS"] == "ERROR"
     assert "OMNICC_DID" not in record.variables
+
+
+# ---------------------------------------------------------------------------- omnicc status
+
+# As Asterisk 22 prints it (columns narrowed to fit the line length here).
+SHOW_REGISTRATIONS = """
+ <Registration/ServerURI..............................>  <Auth....................>  <Status.......>
+==========================================================================================
+
+ trunk.acme.carrier-r/sip:sip.carrier.example:5070  trunk.acme.carrier-r  Registered  (exp. 589s)
+ trunk.acme.by-ruri/sip:203.0.113.40:5060                trunk.acme.by-ruri          Rejected
+ trunk.acme.other/sip:203.0.113.50:5060                                              Unregistered
+
+Objects found: 3
+"""
+
+
+def test_pjsip_show_registrations_is_read_line_by_line() -> None:
+    assert parse_registrations(SHOW_REGISTRATIONS) == [
+        RegistrationState("trunk.acme.carrier-r", "sip:sip.carrier.example:5070", "Registered"),
+        RegistrationState("trunk.acme.by-ruri", "sip:203.0.113.40:5060", "Rejected"),
+        RegistrationState("trunk.acme.other", "sip:203.0.113.50:5060", "Unregistered"),
+    ]
+    assert parse_registrations("No objects found.\n") == []
