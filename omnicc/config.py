@@ -1077,14 +1077,8 @@ class Tenant(_Strict):
                                         f"{dest.target}, which is not among this tenant's "
                                         f"{what_named[dest.kind]}"))
 
-        for index, route in enumerate(self.inbound_routes):
-            check(route.destination, ("inbound_routes", index, "destination"),
-                  f"inbound route {route.match}")
-            if route.lookup is not None:
-                check(route.lookup.fallback, ("inbound_routes", index, "lookup", "fallback"),
-                      f"the lookup fallback of inbound route {route.match}")
-        check(self.blacklist.destination, ("blacklist", "destination"),
-              "the blacklist destination")
+        for where, what, dest in self.destinations():
+            check(dest, where, what)
         groups = {g.name for g in self.time_groups}
         for index, condition in enumerate(self.time_conditions):
             if condition.time_group not in groups:
@@ -1092,18 +1086,9 @@ class Tenant(_Strict):
                                  f"time condition {condition.name} uses time group "
                                  f"{condition.time_group}, which is not among this tenant's "
                                  "time groups"))
-            for key in ("matched", "unmatched"):
-                check(getattr(condition, key), ("time_conditions", index, key),
-                      f"the {key} destination of time condition {condition.name}")
-        for index, ivr in enumerate(self.ivrs):
-            for key, dest in ivr.options.items():
-                check(dest, ("ivrs", index, "options", key),
-                      f"option {key} of IVR {ivr.name}")
-            check(ivr.default, ("ivrs", index, "default"), f"the default of IVR {ivr.name}")
         for index, queue in enumerate(self.queues):
             for key in ("failover", "overflow"):
                 dest = getattr(queue, key)
-                check(dest, ("queues", index, key), f"the {key} of queue {queue.name}")
                 if dest is not None and dest.kind == "queue" and dest.target == queue.name:
                     problems.append((("queues", index, key),
                                      f"queue {queue.name} cannot {key} to itself"))
