@@ -62,6 +62,8 @@ tenants:
       - {name: always, timezone: UTC, rules: [{weekdays: mon-sun}]}
     time_conditions:
       - {name: open, time_group: always, matched: "external:+15553330000", unmatched: busy}
+    ivrs:
+      - {name: menu, prompt: beep, options: {"1": "pbx:2001", "2": "external:+15553330000"}}
     inbound_routes:
       - {did: "5550700", destination: "external:+15552220000"}
       - {did: "5550701", destination: "pbx:2001"}
@@ -281,6 +283,19 @@ def test_inbound_route_answers_external_with_the_destination(harness: Harness) -
     assert "OMNICC_DIAL" not in record.variables  # forward_call dials, not the route
     (routed,) = harness.events.named("call_routed")
     assert (routed["destination"], routed["forward"]) == ("external", "external:+15552220000")
+
+
+def test_an_ivr_option_answers_a_forward_destination(config: OmniccConfig,
+                                                    harness: Harness) -> None:
+    from agi.handlers.ivr import IvrEntry
+
+    ivr = IvrEntry(config, cast(EventLog, harness.events))
+    record = harness.run(ivr, "ivr_entry", {"tenant": "acme", "ivr": "menu", "entry": "1",
+                                            "attempt": "1", "did": "5550700"})
+    assert (record.variables["OMNICC_DEST"], record.variables["OMNICC_FORWARD"]) == (
+        "pbx", "pbx:2001@hq")
+    (routed,) = harness.events.named("call_routed")
+    assert (routed["route"], routed["forward"]) == ("ivr:menu", "pbx:2001@hq")
 
 
 def test_an_external_destination_goes_out_by_the_routes_with_the_trunks_number(
