@@ -24,14 +24,15 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from agi.handlers.outbound_call import OutboundCalls
+from agi.handlers.outbound_call import SHOWN_DIALLED, OutboundCalls
 from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.acd import AcdResult, CallStatus
 from omnicc.config import OmniccConfig, Tenant
 from omnicc.events import EventLog
 from omnicc.outbound import OutboundRefused
-from omnicc.routing import RoutingError
+from omnicc.outbound_call import Q850_NO_CIRCUIT, REFUSAL_CAUSES
+from omnicc.routing import RoutingError, agent_dial
 from omnicc.transfer import OutsideTarget, TransferKind, decide_transfer, transferring_agent
 
 log = logging.getLogger("omnicc.agi.transfer")
@@ -77,12 +78,11 @@ class Transfer:
             try:
                 await self._outbound.plan(tenant, target)
             except (OutboundRefused, RedisError) as refused:
-                await self._events.append(tenant.name, "call_transferred", outcome="refused",
-                                          reason=str(refused), **common)
-            else:
-                await self._events.append(tenant.name, "call_transferred", outcome="routed",
-                                          destination="outbound", **common)
-                await self._end_queue_call(session, tenant, queue_call, from_agent)
+                await self._refuse_outbound(session, tenant, target, refused, common)
+                return
+            await self._events.append(tenant.name, "call_transferred", outcome="routed",
+                                      destination="outbound", **common)
+            await self._end_queue_call(session, tenant, queue_call, from_agent)
             # What omnicc-from-agent's outbound label and outbound_result read.
             await session.set_variable("OMNICC_DID", target)
             await session.set_variable("OMNICC_AGENT_FROM", from_agent)
@@ -127,14 +127,60 @@ class Transfer:
             log.warning("transfer: queue call %s not ended: %s", call, result.code)
         await session.set_variable("OMNICC_QCALL", "")
 
+    @staticmethod
+    def _returnable(tenant: Tenant | None, agent: str) -> str:
+        """The agent a refused transfer goes back to: the transferring one, when known."""
+        return agent if tenant is not None and agent and tenant.agent(agent) else ""
+
+    async def _return_to_agent(self, session: AGISession, tenant: Tenant | None,
+                               agent: str) -> None:
+        """After a refusal (OMNICC_STATUS=ERROR, the error beep): the caller goes back to
+        the agent who transferred it, a new call to its phone (the dialplan's refused
+        label dials it as a route's agent destination), rather than being hung up on."""
+        agent = self._returnable(tenant, agent)
+        if tenant is None or not agent:
+            return
+        await session.set_variable("OMNICC_DEST", "agent")
+        await session.set_variable("OMNICC_AGENT", agent)
+        await session.set_variable("OMNICC_DIAL", agent_dial(tenant, agent))
+        await session.set_variable("OMNICC_DID", agent)
+
+    async def _refuse_outbound(self, session: AGISession, tenant: Tenant, target: str,
+                               refused: OutboundRefused | RedisError,
+                               common: dict[str, str]) -> None:
+        """An outside number the outbound routes refuse (or Redis could not check): nothing
+        is dialled; the events an agent's refused call has, then back to the agent."""
+        req = session.request
+        from_agent = common["from_agent"]
+        log.info("transfer of %s to %r refused: %s", req.uniqueid, target, refused)
+        await self._events.append(tenant.name, "call_transferred", outcome="refused",
+                                  reason=str(refused),
+                                  returned_to=self._returnable(tenant, from_agent), **common)
+        outbound = {"uniqueid": req.uniqueid, "agent": from_agent, "channel": req.channel,
+                    "dialled": target[:SHOWN_DIALLED]}
+        if isinstance(refused, OutboundRefused):
+            await self._events.append(tenant.name, "outbound_refused",
+                                      refusal=refused.refusal.value, reason=str(refused),
+                                      **outbound)
+            await answer_unrouted(session, str(refused), REFUSAL_CAUSES[refused.refusal])
+        else:
+            await self._events.append(tenant.name, "outbound_failed", reason="redis_error",
+                                      **outbound)
+            await answer_unrouted(session, f"cannot check the do-not-call list: {refused}",
+                                  Q850_NO_CIRCUIT)
+        await self._return_to_agent(session, tenant, from_agent)
+
     async def _refuse(self, session: AGISession, tenant_name: str, target: str,
                       exc: RoutingError, common: dict[str, str]) -> None:
         req = session.request
         log.info("transfer of %s to %r refused: %s", req.uniqueid, target, exc)
-        if self._config.tenant(tenant_name) is not None:
-            await self._events.append(tenant_name, "call_transferred", outcome="refused",
-                                      reason=str(exc), **common)
+        tenant = self._config.tenant(tenant_name)
+        if tenant is not None:
+            await self._events.append(
+                tenant_name, "call_transferred", outcome="refused", reason=str(exc),
+                returned_to=self._returnable(tenant, common["from_agent"]), **common)
         await answer_unrouted(session, str(exc))
+        await self._return_to_agent(session, tenant, common["from_agent"])
 
 
 class TransferAttended:

@@ -112,3 +112,44 @@ def test_a_queue_call_transferred_to_an_outside_number_goes_out_as_the_agents_ca
     events = read_events(r, "default", since=since)
     (routed,) = [e for e in events if e["event"] == "outbound_routed"]
     assert (routed["agent"], routed["number"]) == ("1001", "+345551234")
+
+
+def test_a_refused_transfer_of_a_queue_call_comes_back_to_the_agent(
+    stack: RunningStack, sipp_dir: Path
+) -> None:
+    """5551234 matches no outbound route: the transfer is refused, nothing is dialled, the
+    caller hears the error beep and is put back to 1001 (a new call to its phone), still
+    the queue call's agent in the ACD; when 1001 hangs up, it wraps up."""
+    since = now_id()
+    r = stack.redis()
+    with transferring_agent(stack) as alice:
+        acd = AcdSync(r, "it-qtransfer")
+        # Ready again (the test before may have left 1001 in its 60 s of wrap-up).
+        acd.logout("default", "1001", force=True)
+        assert acd.login("default", "1001").ok
+        assert r.hget(agent_hash("default", "1001"), "state") == "READY"
+        caller = sipp.carrier_calls(sipp_dir, proxy=stack.proxy, did="5550110",
+                                    local_ip=TRUNK_IP, scenario="caller_waits_for_bye.xml",
+                                    name="refused-queue-caller")
+        caller.start()
+        call = alice.answer()
+        assert wait_until(
+            lambda: r.hget(agent_hash("default", "1001"), "state") == "ONCALL", 10)
+        time.sleep(BRIDGED)
+        assert alice.refer(call, f"<sip:5551234@{DOMAIN}>").status == 202
+        alice.wait_for_outcome(call)
+        alice.finish(call)
+        returned = alice.answer()
+        assert returned.call_id != call.call_id
+        assert r.hget(agent_hash("default", "1001"), "state") == "ONCALL"
+        alice.hang_up(returned)
+        assert caller.wait(timeout=30) == 0, caller.trace()
+        assert wait_until(
+            lambda: r.hget(agent_hash("default", "1001"), "state") == "WRAPUP", 10)
+    (transfer,) = transfers_since(stack, since)
+    assert (transfer["outcome"], transfer["from_agent"], transfer["returned_to"]) == (
+        "refused", "1001", "1001")
+    events = read_events(r, "default", since=since)
+    (refused,) = [e for e in events if e["event"] == "outbound_refused"]
+    assert (refused["refusal"], refused["agent"]) == ("no_route", "1001")
+    assert not [e for e in events if e["event"] == "outbound_trunk_dialled"]

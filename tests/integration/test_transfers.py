@@ -211,7 +211,8 @@ def test_blind_transfer_to_an_outside_number_goes_out_by_the_outbound_routes(
 def test_refused_transfer_target_dials_nothing(transfer_stack: RunningStack, sipp_dir: Path,
                                                target: str) -> None:
     """The Refer-To's user part reaches only the transfer AGI, which refuses it: the caller
-    hears the error beep and is hung up; agent 1002, online, is never rung."""
+    hears the error beep and goes back to agent 1001 (a new call to its phone, which it
+    answers, then hangs up); agent 1002, online, is never rung."""
     since = now_id()
     with transferring_agent(transfer_stack) as alice, \
             agent_online(transfer_stack, sipp_dir, "1002") as bob:
@@ -226,10 +227,13 @@ def test_refused_transfer_target_dials_nothing(transfer_stack: RunningStack, sip
         if reply.status == 202:
             alice.wait_for_outcome(call)
             alice.finish(call)
+            returned = alice.answer()  # the caller, back after the error beep
+            assert returned.call_id != call.call_id
+            alice.hang_up(returned)
             assert caller.wait(timeout=30) == 0, caller.trace()
             [transfer] = transfers_since(transfer_stack, since)
             assert transfer["outcome"] == "refused", transfer
-            assert transfer["from_agent"] == "1001"
+            assert (transfer["from_agent"], transfer["returned_to"]) == ("1001", "1001")
         else:
             alice.hang_up(call)
             assert caller.wait(timeout=30) == 0, caller.trace()

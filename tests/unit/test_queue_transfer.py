@@ -123,3 +123,25 @@ def test_a_call_that_did_not_come_through_a_queue_keeps_its_routed_agent(
     assert variables["OMNICC_AGENT_FROM"] == "1001"
     assert "OMNICC_QCALL" not in variables
     assert acd.ended == []
+
+
+def test_a_transfer_to_a_do_not_call_number_is_refused_and_returns_to_the_agent(
+    config: OmniccConfig,
+) -> None:
+    async def listed(tenant: str, numbers: tuple[str, ...]) -> frozenset[str]:
+        return frozenset(n for n in numbers if n == "+345551234")
+
+    events = MemoryEventLog()
+    handler = Transfer(config, as_event_log(events),
+                       OutboundCalls(config, as_event_log(events), None, listed),
+                       MemoryAcd(status("1002")))
+    variables = run_handler(handler, "transfer", {"tenant": "acme", "target": "95551234",
+                                                  "agent": "", "call": CALL}).variables
+    assert (variables["OMNICC_STATUS"], variables["OMNICC_CAUSE"]) == ("ERROR", "21")
+    assert (variables["OMNICC_DEST"], variables["OMNICC_DIAL"]) == (
+        "agent", "PJSIP/kamailio/sip:1002@acme.example")
+    assert "OMNICC_OUTBOUND_TRUNK" not in variables
+    (event,) = transferred(events)
+    assert (event["outcome"], event["returned_to"]) == ("refused", "1002")
+    (refused,) = [e.fields for e in events.events if e.event == "outbound_refused"]
+    assert (refused["refusal"], refused["agent"]) == ("do_not_call", "1002")

@@ -95,9 +95,24 @@ def test_the_handler_refuses_an_injection_and_sets_nothing_to_dial(
         "tenant": "acme", "target": "1002&PJSIP/x@evil", "agent": "1001"})
     assert record.variables["OMNICC_STATUS"] == "ERROR"
     assert record.variables["OMNICC_CAUSE"] == "1"
-    assert "OMNICC_DIAL" not in record.variables and "OMNICC_DID" not in record.variables
+    # Nothing of the target is dialled: the call goes back to the transferring agent,
+    # whose Dial string and extension come from the config.
+    assert (record.variables["OMNICC_DEST"], record.variables["OMNICC_DIAL"],
+            record.variables["OMNICC_DID"]) == (
+        "agent", "PJSIP/kamailio/sip:1001@acme.example", "1001")
     (event,) = events.events
     assert event.fields["outcome"] == "refused" and "not allowed" in event.fields["reason"]
+    assert event.fields["returned_to"] == "1001"
+
+
+def test_a_refused_transfer_without_a_known_agent_ends_the_call(config: OmniccConfig) -> None:
+    events = MemoryEventLog()
+    record = run_handler(Transfer(config, as_event_log(events)), "transfer", {
+        "tenant": "acme", "target": "1,2", "agent": "9999"})
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert "OMNICC_DIAL" not in record.variables and "OMNICC_DEST" not in record.variables
+    (event,) = events.events
+    assert event.fields["returned_to"] == ""
 
 
 def test_the_handler_logs_nothing_for_an_unknown_tenant(config: OmniccConfig) -> None:
@@ -170,6 +185,10 @@ def test_an_outside_number_without_route_or_agent_dials_nothing(
     events = MemoryEventLog()
     record = outbound_transfer(config, events, target, agent)
     assert record.variables["OMNICC_STATUS"] == "ERROR"
-    assert "OMNICC_DIAL" not in record.variables
+    # No trunk is dialled; a known agent gets the call back.
+    assert record.variables.get("OMNICC_DIAL", "") == (
+        "PJSIP/kamailio/sip:1001@acme.example" if agent else "")
+    assert "OMNICC_OUTBOUND_TRUNK" not in record.variables
     transferred = [e for e in events.events if e.event == "call_transferred"]
-    assert [e.fields["outcome"] for e in transferred] == ["refused"]
+    assert [(e.fields["outcome"], e.fields["returned_to"]) for e in transferred] == [
+        ("refused", agent)]
