@@ -303,10 +303,13 @@ def _uri_host(host: str) -> str:
 
 
 class Trunk(_Strict):
-    """A carrier, SBC or PBX admitted by source address (IP or CIDR subnet)."""
+    """A carrier, SBC or PBX admitted by source address (IP or CIDR subnet), or, with a
+    registration, reached at the contact Asterisk registers."""
 
     name: str
-    address: str
+    # None only with a registration: such a carrier's calls come to the registered
+    # contact, and Kamailio admits nothing for the trunk (many cannot name their sources).
+    address: str | None = None
     port: Port | None = None  # None: any source port from that address
     # A carrier (or SBC) or the company's PBX (destinations pbx:EXT dial its extensions).
     kind: TrunkKind = "carrier"
@@ -354,12 +357,22 @@ class Trunk(_Strict):
         if self.registration is not None and self.credentials is None:
             problems.append((("registration",), "a registration needs credentials "
                                                 "(username and password)"))
+        if self.address is None:
+            if self.registration is None:
+                problems.append((("address",), "Field required: the source Kamailio admits "
+                                               "this trunk's calls from (only a trunk with a "
+                                               "registration may leave it out)"))
+            elif self.port is not None:
+                problems.append((("port",), "a port needs an address (the source it is a "
+                                            "port of)"))
         _raise_problems(problems)
         return self
 
     @field_validator("address")
     @classmethod
-    def _address(cls, value: str) -> str:
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             ipaddress.ip_network(value, strict=True)
         except ValueError as exc:
@@ -412,12 +425,16 @@ class Trunk(_Strict):
         return self.registration.contact_user or self.credentials.username
 
     @property
-    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network(self.address)
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The addresses admitted; None for a registration trunk without an address."""
+        return None if self.address is None else ipaddress.ip_network(self.address)
 
     @property
-    def source(self) -> str:
-        """The sources this trunk admits, normalised: 10.0.0.1 and 10.0.0.1/32 are one."""
+    def source(self) -> str | None:
+        """The sources this trunk admits, normalised: 10.0.0.1 and 10.0.0.1/32 are one;
+        None when it admits none (a registration trunk without an address)."""
+        if self.network is None:
+            return None
         return str(self.network) if self.port is None else f"{self.network} port {self.port}"
 
 
@@ -1366,6 +1383,7 @@ class OmniccConfig(_Strict):
             (tenant_index, trunk_index, trunk)
             for tenant_index, tenant in enumerate(self.tenants)
             for trunk_index, trunk in enumerate(tenant.trunks)
+            if trunk.source is not None  # a trunk without an address admits no source
         ]
         problems = [
             *_duplicates([t.name for t in self.tenants], "tenant name",

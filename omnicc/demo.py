@@ -72,8 +72,11 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
              progress: Callable[[str], None] = print) -> DemoResult:
     config = stack.config
     tenant = config.tenants[0]
-    if not tenant.trunks:
-        raise DemoError(f"tenant {tenant.name} has no trunk to place demo calls from")
+    # The demo's carrier sends through Kamailio: a trunk it admits by address.
+    source_trunk = next((t for t in tenant.trunks if t.address is not None), None)
+    if source_trunk is None or source_trunk.address is None:
+        raise DemoError(f"tenant {tenant.name} has no trunk with an address to place demo "
+                        "calls from")
     routes = [r for r in tenant.inbound_routes if r.destination.kind == "agent"]
     if not routes:
         raise DemoError(f"tenant {tenant.name} has no inbound route to an agent")
@@ -85,7 +88,7 @@ def run_demo(stack: Stack, *, calls_per_did: int = 2, talk_ms: int = 2000,
     workdir = workdir or Path(tempfile.mkdtemp(prefix="omnicc-demo-", dir=stack.var))
     listen = config.services.listen
     proxy = f"{listen}:{config.services.kamailio.port}"
-    carrier_ip = trunk_source_ip(tenant.trunks[0].address)
+    carrier_ip = trunk_source_ip(source_trunk.address)
 
     expected: dict[str, int] = {}
     for route in routes:

@@ -3,6 +3,8 @@
 Kamailio is omnicc's only SIP door. Every initial request is first classified by its
 source: an Asterisk node of ours, another Kamailio node of ours (DMQ only), a trusted peer
 (carrier, SBC, PBX) admitted by address, or anyone else — who must then authenticate as an agent.
+A registration trunk without an address is no trusted peer of Kamailio's: its carrier sends
+to the contact Asterisk registered.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ class SourcePolicy:
             (ipaddress.ip_address(n.host), n.port) for n in config.kamailio_peers
         }
         # Most specific first, so a /32 PBX inside a carrier's /24 wins, and on the same
-        # network a trunk bound to one port wins over one that takes any port.
+        # network a trunk bound to one port wins over one that takes any port. A
+        # registration trunk without an address admits no source: its carrier's calls go
+        # to the contact Asterisk registered, never through Kamailio.
         trunks = [
             (t.network, t.port, tenant, t) for tenant in config.tenants for t in tenant.trunks
+            if t.network is not None
         ]
         self._classify = functools.lru_cache(maxsize=CLASSIFY_CACHE_SIZE)(
             self._classify_uncached)

@@ -220,3 +220,85 @@ def test_a_bad_kamailio_node_address_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="kamailio_nodes"):
         parse_config("kamailio_nodes:\n  - {host: node-b.example}\n"
                      "tenants:\n  - {name: acme, domain: acme.example}\n")
+
+
+# ---------------------------------------------------- registration trunks without an address
+
+# A carrier that cannot name its source addresses: Asterisk registers to it, and its calls
+# come to the registered contact (matched there by the line token), never through Kamailio.
+NO_ADDRESS_TRUNK = """\
+      - name: {name}
+        dial_host: {dial_host}
+        credentials: {{username: "4420712345", password: "it-Carrier-pw!9"}}
+        registration: {{expiration: 600}}
+"""
+
+
+def tenant_with_trunks(name: str, trunks: str) -> str:
+    return f"  - name: {name}\n    domain: {name}.example\n    trunks:\n{trunks}"
+
+
+def test_a_registration_trunk_may_leave_out_its_address() -> None:
+    config = parse_config("tenants:\n" + tenant_with_trunks(
+        "acme", NO_ADDRESS_TRUNK.format(name="reg", dial_host="192.0.2.10")))
+    trunk = config.tenants[0].trunks[0]
+    assert (trunk.address, trunk.network, trunk.source) == (None, None, None)
+    assert trunk.registrar_uri == "sip:192.0.2.10:5060"
+
+
+def test_a_trunk_without_address_admits_no_source() -> None:
+    config = parse_config("tenants:\n" + tenant_with_trunks(
+        "acme",
+        NO_ADDRESS_TRUNK.format(name="reg", dial_host="192.0.2.10")
+        + "      - {name: carrier, address: 198.51.100.0/24}\n"))
+    policy = SourcePolicy(config)
+    # Not its registrar's address, nor any other: Kamailio trusts it for nothing.
+    for ip in ("192.0.2.10", "192.0.2.11", "0.0.0.0", "255.255.255.255", "::1", "::"):
+        for port in (5060, 5080, 0):
+            assert policy.classify(ip, port) == Classified(Source.UNTRUSTED), (ip, port)
+    # The tenant's trunks that have an address are classified as before.
+    assert trunk_of(policy.classify("198.51.100.9", 5060)) == (Source.TRUNK, "acme", "carrier")
+
+
+def test_several_trunks_without_address_are_no_duplicate_sources() -> None:
+    config = parse_config("tenants:\n" + tenant_with_trunks(
+        "acme", NO_ADDRESS_TRUNK.format(name="reg-a", dial_host="192.0.2.10")
+        + NO_ADDRESS_TRUNK.format(name="reg-b", dial_host="192.0.2.20"),
+    ) + tenant_with_trunks(
+        "globex", NO_ADDRESS_TRUNK.format(name="reg-a", dial_host="192.0.2.10")))
+    assert [t.source for tenant in config.tenants for t in tenant.trunks] == [None] * 3
+
+
+def test_a_trunk_without_registration_still_needs_its_address() -> None:
+    text = "tenants:\n" + tenant_with_trunks(
+        "acme", "      - {name: carrier, dial_host: 192.0.2.10}\n"
+                "      - name: challenging\n"
+                "        dial_host: 192.0.2.20\n"
+                "        credentials: {username: u1, password: it-pass-123}\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "omnicc.yaml")
+    assert raised.value.problems == [
+        "omnicc.yaml:5: tenants[0].trunks[0].address: Field required: the source Kamailio "
+        "admits this trunk's calls from (only a trunk with a registration may leave it out)",
+        "omnicc.yaml:6: tenants[0].trunks[1].address: Field required: the source Kamailio "
+        "admits this trunk's calls from (only a trunk with a registration may leave it out)",
+    ]
+
+
+def test_a_port_without_an_address_is_refused() -> None:
+    text = "tenants:\n" + tenant_with_trunks(
+        "acme", NO_ADDRESS_TRUNK.format(name="reg", dial_host="192.0.2.10")
+        + "        port: 5070\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, "omnicc.yaml")
+    assert raised.value.problems == [
+        "omnicc.yaml:9: tenants[0].trunks[0].port: a port needs an address (the source it "
+        "is a port of)"]
+
+
+def test_a_registration_trunk_with_an_address_is_admitted_from_it_too() -> None:
+    config = parse_config("tenants:\n" + tenant_with_trunks(
+        "acme", NO_ADDRESS_TRUNK.format(name="reg", dial_host="192.0.2.10")
+        + "        address: 192.0.2.10\n"))
+    assert trunk_of(SourcePolicy(config).classify("192.0.2.10", 5060)) == (
+        Source.TRUNK, "acme", "reg")
