@@ -20,7 +20,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -170,6 +172,32 @@ class KamailioNode(_Strict):
 TrunkKind = Literal["carrier", "pbx"]
 
 
+def _number_text(value: Any) -> Any:
+    # An unquoted 911 reads as an int; numbers and patterns are text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _checked_number(value: str, what: str) -> str:
+    try:
+        return check_dialled_number(value)
+    except OutboundRefused as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+def _optional_number(value: str) -> str:
+    if not value:
+        return value
+    try:  # the error's place (tenants[0].queues[1].caller_id) already names the key
+        return check_dialled_number(value)
+    except OutboundRefused as exc:
+        raise ValueError(str(exc)) from None
+
+
+# A phone number the file may leave out ("" when it does), checked as a dialled number when
+# given (an unquoted 5550100 is read as text too).
+OptionalNumber = Annotated[str, BeforeValidator(_number_text), AfterValidator(_optional_number)]
+
+
 class TrunkCallerId(_Strict):
     """A trunk's caller-ID policy (docs/routing.md "Caller ID"): the number it presents
     when nothing more specific does, whether a forwarded outside caller's own number is
@@ -177,21 +205,11 @@ class TrunkCallerId(_Strict):
     a From it did not assign), and which identity headers Asterisk sends (PJSIP send_pai,
     send_rpid, trust_id_outbound)."""
 
-    number: str = ""
+    number: OptionalNumber = ""
     forwarded: Literal["pass", "replace"] | None = None  # None: by the trunk's kind
     send_pai: bool = False
     send_rpid: bool = False
     trust_id_outbound: bool = False
-
-    @field_validator("number", mode="before")
-    @classmethod
-    def _number_text(cls, value: Any) -> Any:
-        return _number_text(value)
-
-    @field_validator("number")
-    @classmethod
-    def _number(cls, value: str) -> str:
-        return _checked_number(value, "number") if value else value
 
 
 def _named(value: str, what: str) -> str:
@@ -563,17 +581,7 @@ class Queue(_Strict):
     record: QueueRecordPolicy = "never"
     # The caller ID of this queue's calls when they go out again (an overflow or failover
     # to external:/pbx:, a transfer); "" : the route's, the trunk's (docs/routing.md).
-    caller_id: str = ""
-
-    @field_validator("caller_id", mode="before")
-    @classmethod
-    def _caller_id_text(cls, value: Any) -> Any:
-        return _number_text(value)
-
-    @field_validator("caller_id")
-    @classmethod
-    def _caller_id(cls, value: str) -> str:
-        return _checked_number(value, "caller_id") if value else value
+    caller_id: OptionalNumber = ""
 
     @field_validator("record", mode="before")
     @classmethod
@@ -882,18 +890,6 @@ class BlacklistConfig(_Strict):
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
-def _number_text(value: Any) -> Any:
-    # An unquoted 911 reads as an int; numbers and patterns are text.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _checked_number(value: str, what: str) -> str:
-    try:
-        return check_dialled_number(value)
-    except OutboundRefused as exc:
-        raise ValueError(f"{what}: {exc}") from None
-
-
 class OutboundRouteConfig(_Strict):
     """An outbound route (omnicc/outbound.py): a number matching one of `patterns` (the
     best match across all routes wins, as in Asterisk) loses `strip` leading characters,
@@ -904,7 +900,7 @@ class OutboundRouteConfig(_Strict):
     strip: int = Field(default=0, ge=0, le=MAX_DIALLED_LENGTH)
     prepend: str = ""
     trunks: list[str] = Field(min_length=1)
-    caller_id: str = ""  # replaces the agent's number towards the carrier when set
+    caller_id: OptionalNumber = ""  # replaces the agent's number towards the carrier
 
     @field_validator("name")
     @classmethod
@@ -916,7 +912,7 @@ class OutboundRouteConfig(_Strict):
     def _pattern_texts(cls, value: Any) -> Any:
         return [_number_text(v) for v in value] if isinstance(value, list) else value
 
-    @field_validator("prepend", "caller_id", mode="before")
+    @field_validator("prepend", mode="before")
     @classmethod
     def _texts(cls, value: Any) -> Any:
         return _number_text(value)
@@ -927,11 +923,6 @@ class OutboundRouteConfig(_Strict):
         if value not in ("", "+"):  # a lone '+' makes a national number E.164
             _checked_number(value, "prepend")
         return value
-
-    @field_validator("caller_id")
-    @classmethod
-    def _caller_id(cls, value: str) -> str:
-        return _checked_number(value, "caller_id") if value else value
 
     @model_validator(mode="after")
     def _route(self) -> OutboundRouteConfig:

@@ -197,9 +197,9 @@ def test_a_pbx_destination_needs_exactly_one_pbx_trunk_or_a_name() -> None:
 
 def test_caller_id_numbers_are_checked_as_dialled_numbers() -> None:
     error = config_error(CONFIG.replace('number: "+15550001"', 'number: "+1555;x"'))
-    assert "tenants[0].trunks[0].caller_id.number: number: dialled number" in error
+    assert "tenants[0].trunks[0].caller_id.number: dialled number" in error
     error = config_error(CONFIG.replace('caller_id: "+15550999"', 'caller_id: "99 9"'))
-    assert "tenants[0].queues[0].caller_id: caller_id: dialled number '99 9'" in error
+    assert "tenants[0].queues[0].caller_id: dialled number '99 9'" in error
     error = config_error(CONFIG.replace("forwarded: pass", "forwarded: maybe"))
     assert "tenants[0].trunks[2].caller_id.forwarded" in error
     error = config_error(CONFIG.replace("kind: pbx", "kind: registrar"))
