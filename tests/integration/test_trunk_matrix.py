@@ -18,8 +18,14 @@ busy), where the call arrived (the phone, PBX or carrier that got the INVITE, fr
 call's caller), and the call's `call_routed` event: the trunk it came in on, the DID, the
 destination. Each call has its own caller number, so each check reads only its call.
 
-One stack for the module; the agents' phones stay registered throughout. The time
-condition shows its open branch only (test_inbound_routing.py shows both).
+Every pair works by design, so none is left out: a PBX user's call to pbx:2001 goes back
+to the PBX (a reception DID dialled from inside), carrier-a's call to an external number
+leaves on carrier-a again. The registration trunk's calls, which Kamailio never sees,
+join the same inbound path in Asterisk after registered_call has read the DID from To.
+
+One stack for the module; the agents' phones stay registered throughout (agent 1002
+logged in to the ACD for the queue). The time condition shows its open branch only
+(test_inbound_routing.py shows both on the real clock).
 """
 
 from __future__ import annotations
@@ -217,7 +223,7 @@ def place_call(matrix: Matrix, workdir: Path, trunk: str, kind: str) -> SippRun:
     scenario = "caller_waits_for_bye.xml" if kind == "ivr" else "caller.xml"
     run = sipp.carrier_calls(workdir, proxy=matrix.running.proxy, did=did,
                              local_ip=SOURCE_IPS[trunk], caller=caller, name=name,
-                             scenario=scenario, talk_ms=1500 if kind == "queue" else 300)
+                             scenario=scenario, talk_ms=3000 if kind == "queue" else 300)
     code = run.run(timeout=60)
     assert (code == 0) == (DESTINATIONS[kind].status == 200), run.trace()
     return run
