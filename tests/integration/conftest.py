@@ -25,7 +25,9 @@ STRANGER_IP = "127.0.0.5"   # an address omnicc trusts for nothing
 PEER_NODE_IP = "127.0.0.4"  # the second Kamailio node of test_cluster.py
 DOMAIN = "it.omnicc.test"
 
-CONFIG_TEMPLATE = """\
+# The stack's own lines of a test config: its node name and the ports free_ports() found
+# (write_config fills them); a test module adds its tenants.
+SERVICES_TEMPLATE = """\
 node: it-{name}
 services:
   listen: 127.0.0.1
@@ -34,6 +36,9 @@ services:
   agi:      {{port: {agi}}}
   redis:    {{port: {redis}}}
   postgres: {{port: {postgres}}}
+"""
+
+CONFIG_TEMPLATE = SERVICES_TEMPLATE + """\
 # Registrations and bans replicate over DMQ between these Kamailio nodes; the second is
 # the node tests/integration/test_cluster.py starts beside this stack's, on an address
 # of its own (as another machine would be).

@@ -22,21 +22,13 @@ from omnicc.acd import AcdStore, QueueSettings, Strategy
 from omnicc.keys import agent_hash
 
 from .acd_redis import RedisServer, acd_redis  # noqa: F401 (fixture)
-from .conftest import free_ports, make_stack_dir, omnicc_cli, write_config
+from .conftest import SERVICES_TEMPLATE, free_ports, make_stack_dir, omnicc_cli, write_config
 
 pytestmark = pytest.mark.integration
 
 T = "acme"
 
-TEMPLATE = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+TEMPLATE = SERVICES_TEMPLATE + """\
 tenants:
   - name: acme
     domain: {domain}

@@ -28,7 +28,7 @@ from omnicc.agent_state import CallState
 
 from .acd_checks import EventReplay, read_all_events, redis_problems
 from .acd_redis import RedisServer, acd_redis  # noqa: F401 (fixture)
-from .conftest import make_stack_dir, write_config
+from .conftest import SERVICES_TEMPLATE, make_stack_dir, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -102,15 +102,7 @@ def test_concurrent_tickers_settle_each_due_change_exactly_once(
 
 # ---------------------------------------------------------------------------- the server
 
-SERVER_TEMPLATE = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+SERVER_TEMPLATE = SERVICES_TEMPLATE + """\
 tenants:
   - name: tick
     domain: {domain}

@@ -23,7 +23,7 @@ import pytest
 from omnicc import sipp
 from omnicc.sipp import SippRun, TracedMessage
 
-from .conftest import RunningStack, free_ports, stack_up
+from .conftest import SERVICES_TEMPLATE, RunningStack, free_ports, stack_up
 from .test_first_call import final_status, now_id
 from .test_outbound_calls import CARRIER_SCENARIOS, events_until, named
 
@@ -35,15 +35,7 @@ CARRIER_B_IP = "127.0.0.102"
 PBX_IP = "127.0.0.103"
 CALLER = "5491155550000"      # the outside caller's number (caller.xml's From)
 
-FORWARD_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+FORWARD_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

@@ -33,6 +33,7 @@ from omnicc.stack import AsteriskService, Stack
 
 from .conftest import (
     DOMAIN,
+    SERVICES_TEMPLATE,
     TRUNK_IP,
     RunningStack,
     free_ports,
@@ -44,15 +45,7 @@ from .test_first_call import final_status, now_id
 
 pytestmark = pytest.mark.integration
 
-ROUTING_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+ROUTING_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

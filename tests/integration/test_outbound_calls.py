@@ -25,7 +25,7 @@ from omnicc.events import read_events
 from omnicc.keys import trunk_channels
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, RunningStack, free_ports, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, RunningStack, free_ports, stack_up
 from .test_first_call import PASSWORDS, now_id
 from .test_queue_two_nodes import NodeB
 
@@ -37,15 +37,7 @@ ROUTED = "95551234"           # route national: strip 1, prepend +34
 SENT = "+345551234"           # what the carriers receive
 CALLER_ID = "+34910000000"    # the route's caller_id
 
-OUTBOUND_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+OUTBOUND_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

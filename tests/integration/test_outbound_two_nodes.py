@@ -25,7 +25,7 @@ from omnicc import sipp
 from omnicc.events import read_events
 from omnicc.sipp import SippRun
 
-from .conftest import RunningStack, free_ports, omnicc_cli, stack_up
+from .conftest import SERVICES_TEMPLATE, RunningStack, free_ports, omnicc_cli, stack_up
 from .test_first_call import now_id
 from .test_outbound_calls import agent_dials, final_status, invites, named
 from .test_queue_two_nodes import NodeB
@@ -37,15 +37,7 @@ CARRIER_B_IP = "127.0.0.121"
 LISTED = "95550000"          # sent as +345550000, which the do-not-call list holds
 UNLISTED = "95551234"        # sent as +345551234
 
-CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+CONFIG = SERVICES_TEMPLATE + """\
 asterisk_nodes:
   - {{host: 127.0.0.1, port: {asterisk}}}
   - {{host: 127.0.0.1, port: {asterisk_b}}}

@@ -23,21 +23,13 @@ from omnicc.acd import AcdSync
 from omnicc.events import read_events
 from omnicc.keys import agent_hash
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, TRUNK_IP, RunningStack, stack_up
 from .queue_agents import bridged_agents
 from .test_first_call import PASSWORDS, agent_online, now_id
 
 pytestmark = pytest.mark.integration
 
-QUEUE_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+QUEUE_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

@@ -22,7 +22,7 @@ from omnicc.acd import AcdSync
 from omnicc.keys import agent_hash
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, TRUNK_IP, RunningStack, stack_up
 from .test_first_call import PASSWORDS, agent_online, now_id
 from .test_queue_calls import wait_for_events
 
@@ -30,15 +30,7 @@ pytestmark = pytest.mark.integration
 
 SIPP_AUDIO = Path("/usr/share/sip-tester/g711a.pcap")  # shipped with SIPp (sip-tester)
 
-FEATURES_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+FEATURES_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

@@ -30,22 +30,14 @@ from omnicc.acd import AcdSync
 from omnicc.demo import free_udp_port
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, TRUNK_IP, RunningStack, stack_up
 from .test_first_call import PASSWORDS, agent_online, now_id
 from .test_queue_calls import wait_for_events
 from .test_queue_features import monitor_dir, speaking_caller
 
 pytestmark = pytest.mark.integration
 
-RECORDING_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+RECORDING_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

@@ -47,7 +47,7 @@ from omnicc.events import read_events
 from omnicc.sipp import SippRun
 from omnicc.stack import Stack
 
-from .conftest import RunningStack, free_ports, make_stack_dir, write_config
+from .conftest import SERVICES_TEMPLATE, RunningStack, free_ports, make_stack_dir, write_config
 from .queue_agents import phones_online, wait_until
 from .test_first_call import final_status
 from .test_forwarded_calls import far_end, received_invite
@@ -60,15 +60,7 @@ CARRIER_B_IP = "127.0.0.131"
 PBX_IP = "127.0.0.132"
 REGISTRAR_IP = "127.0.0.133"
 
-MATRIX_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+MATRIX_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

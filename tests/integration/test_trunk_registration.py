@@ -26,7 +26,14 @@ import pytest
 from omnicc import sipp
 from omnicc.sipp import SippRun
 
-from .conftest import RunningStack, free_ports, make_stack_dir, omnicc_cli, stack_up
+from .conftest import (
+    SERVICES_TEMPLATE,
+    RunningStack,
+    free_ports,
+    make_stack_dir,
+    omnicc_cli,
+    stack_up,
+)
 from .test_first_call import now_id
 from .test_outbound_calls import agent_dials, events_until, final_status, named
 
@@ -39,15 +46,7 @@ PASSWORD = "it-Carrier-pw!9"
 BUSY_DID = "5550111"            # inbound route: busy (486)
 DIALLED = "95550199"            # outbound route "carrier": strip 1 -> 5550199
 
-REGISTRATION_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+REGISTRATION_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}
