@@ -201,9 +201,13 @@ def test_ringall_rings_both_agents_and_exactly_one_takes_the_call(
             assert (states[winner], states[loser]) == ("ONCALL", "READY"), states
             (caller_leg,) = caller.traced_dialogs()
             assert bridged_agents(caller_leg, phones) == [winner]
-            (loser_leg,) = [leg for leg in phones[loser].traced_dialogs()
-                            if leg.caller == caller_leg.caller]
-            assert loser_leg.ended_by in ("BYE received", "CANCEL received"), loser_leg
+            # The loser's leg was ended by omnicc; on a busy machine Asterisk may cancel it
+            # before Kamailio's INVITE ever reached the phone (no leg at all).
+            loser_legs = [leg for leg in phones[loser].traced_dialogs()
+                          if leg.caller == caller_leg.caller]
+            assert len(loser_legs) <= 1, loser_legs
+            for loser_leg in loser_legs:
+                assert loser_leg.ended_by in ("BYE received", "CANCEL received"), loser_leg
             # The everyone queue has 60 s of wrap-up: the winner is back for the next round.
             assert r.hget(agent_hash("default", winner), "state") == "WRAPUP"
             assert acd.pause("default", winner, "next-round").ok
