@@ -50,7 +50,7 @@ from agi.handlers.queue_call import (
 )
 from agi.handlers.queue_setup import sync_queues
 from agi.handlers.registered_call import RegisteredCall
-from agi.handlers.transfer import Transfer, TransferAttended
+from agi.handlers.transfer import QueueCallTransferred, Transfer, TransferAttended
 from agi.server import FastAGIServer, Handler
 from omnicc.acd import AcdStore
 from omnicc.blacklist import check_caller_async
@@ -81,7 +81,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
         "agent_call": AgentCall(config, events, outbound),
         "customer_entry": CustomerEntry(config, events),
         "transfer": Transfer(config, events, outbound, acd),
-        "transfer_attended": TransferAttended(config, events),
+        "transfer_attended": TransferAttended(config, events, acd),
         "registered_call": RegisteredCall(config, events),
     }
     if channels is not None:  # outbound calls, their trunk channels counted
@@ -95,6 +95,7 @@ def build_routes(config: OmniccConfig, events: EventLog,
             "queue_record": QueueRecord(config, acd, events),
             "queue_result": QueueResult(config, acd),
             "queue_end": QueueEnd(config, acd),
+            "queue_transferred": QueueCallTransferred(config, acd),
             "agent_feature": AgentFeature(config, events, acd),
         })
     return routes

@@ -13,6 +13,7 @@ inbound route sent it to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from omnicc.acd import CallStatus
@@ -39,6 +40,28 @@ class TransferKind(StrEnum):
     ATTENDED = "attended"
 
 
+class ConsultedLeg(StrEnum):
+    """What the consultation call of an attended transfer dialled, as the dialplan knows
+    it (the leg whose hang-up handler reports the transfer)."""
+
+    AGENT = "agent"        # another agent's extension (omnicc-from-agent's Dial)
+    OUTBOUND = "outbound"  # an outside number, by the outbound routes (a trunk's leg)
+    QUEUE = "queue"        # a queue's DID; the leg of the queue's agent who answered
+
+
+@dataclass(frozen=True)
+class AttendedTarget:
+    """Where an attended transfer sent the caller: `destination` agent, outbound or queue;
+    the agent who talks with the caller now (agent, queue), the queue, and for an outside
+    number the route that carried the consultation and the number it sent."""
+
+    destination: str
+    agent: str = ""
+    queue: str = ""
+    route: str = ""
+    number: str = ""
+
+
 def decide_transfer(config: OmniccConfig, tenant_name: str, target: str,
                     clock: Clock = system_clock) -> InboundDecision:
     """Where a call of tenant `tenant_name` transferred to `target` goes, or RoutingError."""
@@ -56,6 +79,44 @@ def decide_transfer(config: OmniccConfig, tenant_name: str, target: str,
         raise OutsideTarget(f"transfer target {target!r} is neither an agent nor a DID of "
                            f"tenant {tenant.name}")
     return decide_inbound(config, tenant.name, target, clock)
+
+
+def queue_of_did(tenant: Tenant, dialled: str) -> str:
+    """The queue an agent's own call reaches by dialling `dialled` (the consultation call
+    of an attended transfer to a queue): a DID the tenant's inbound routes write exactly
+    (`did:`, not a pattern, which could take numbers meant for outside) whose destination
+    is `queue:NAME`. "" for any other number: it is dialled as before (an agent, or out by
+    the outbound routes)."""
+    route = tenant.inbound_route(dialled)
+    if route is None or route.did != dialled or route.destination.kind != "queue":
+        return ""
+    return route.destination.target
+
+
+def attended_target(tenant: Tenant, leg: str, target: str, *, queue: str = "",
+                    answering: str = "") -> AttendedTarget:
+    """The target of an attended transfer from the values the dialplan kept on the
+    consultation's far-end leg (never from the phone's REFER): `leg` (ConsultedLeg; "" is
+    an agent, as before legs were told apart), `target` what the agent dialled (checked by
+    agent_call then), `queue` the queue its call joined and `answering` the queue's agent
+    who answered. RoutingError when they do not hold together in this tenant."""
+    if leg in ("", ConsultedLeg.AGENT):
+        if tenant.agent(target) is None:
+            raise RoutingError(f"{target!r} is not an agent of tenant {tenant.name}")
+        return AttendedTarget(destination="agent", agent=target)
+    if leg == ConsultedLeg.OUTBOUND:
+        try:
+            plan = tenant.plan_outbound(target)
+        except OutboundRefused as exc:
+            raise RoutingError(f"consultation to {target!r}: {exc}") from exc
+        return AttendedTarget(destination="outbound", route=plan.route, number=plan.number)
+    if leg == ConsultedLeg.QUEUE:
+        if tenant.queue(queue) is None or not queue_of_did(tenant, target):
+            raise RoutingError(f"{target!r} is not a queue DID of tenant {tenant.name} "
+                               f"(queue {queue!r})")
+        return AttendedTarget(destination="queue", queue=queue,
+                              agent=answering if tenant.agent(answering) else "")
+    raise RoutingError(f"unknown consultation leg {leg!r}")
 
 
 def transferring_agent(tenant: Tenant, routed_agent: str, queue_call: str,

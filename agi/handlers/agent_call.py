@@ -2,10 +2,12 @@
 
 Kamailio vouches for `agent` (X-Omnicc-Agent is set only after authentication and
 stripped from everything else). To another agent's extension: OMNICC_DIAL and
-OMNICC_AGENT. Anything else goes out by the tenant's outbound routes
-(agi/handlers/outbound_call.py): checked, routed, OMNICC_DEST=outbound; or refused with
-OMNICC_STATUS=ERROR and OMNICC_CAUSE (28 -> 484 not a number, 1 -> 404 no route or no
-such agent, 21 -> 403 do-not-call), nothing dialled.
+OMNICC_AGENT. To a DID of the tenant routed to a queue (written exactly: omnicc/transfer.py
+queue_of_did): OMNICC_DEST=queue, OMNICC_QUEUE, OMNICC_DID, the queue joined as by an
+inbound call (an agent consulting a queue before an attended transfer). Anything else goes
+out by the tenant's outbound routes (agi/handlers/outbound_call.py): checked, routed,
+OMNICC_DEST=outbound; or refused with OMNICC_STATUS=ERROR and OMNICC_CAUSE (28 -> 484 not
+a number, 1 -> 404 no route or no such agent, 21 -> 403 do-not-call), nothing dialled.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.config import OmniccConfig
 from omnicc.events import EventLog
-from omnicc.routing import RoutingError, decide_agent_call
+from omnicc.routing import RoutingError, decide_agent_call, decide_inbound
+from omnicc.transfer import queue_of_did
 
 log = logging.getLogger("omnicc.agi.agent_call")
 
@@ -35,6 +38,12 @@ class AgentCall:
         caller = req.params.get("agent", "")
         dialled = req.params.get("dialled", "")
         tenant = self._config.tenant(tenant_name)
+        # A queue's DID (omnicc/transfer.py queue_of_did): the call joins that queue, as
+        # an inbound call to the DID would (a consultation before an attended transfer).
+        if (tenant is not None and tenant.agent(caller) is not None
+                and tenant.agent(dialled) is None and queue_of_did(tenant, dialled)):
+            await self._join_queue(session, tenant_name, caller, dialled)
+            return
         # A tenant without outbound routes keeps the agent-only answer (404 for anything
         # that is not an agent); with routes, every other number is checked and routed.
         if (tenant is not None and tenant.outbound_routes
@@ -54,4 +63,17 @@ class AgentCall:
             return
         await self._events.append(decision.tenant, "agent_call_routed", agent=decision.agent,
                                   **common)
+        await answer_decision(session, decision)
+
+    async def _join_queue(self, session: AGISession, tenant_name: str, caller: str,
+                          did: str) -> None:
+        """The DID's inbound route decides (its queue, priority, music on hold); the
+        dialplan carries it out at omnicc-from-kamailio's route label, OMNICC_DID the DID."""
+        req = session.request
+        decision = decide_inbound(self._config, tenant_name, did)
+        await self._events.append(decision.tenant, "agent_call_routed", uniqueid=req.uniqueid,
+                                  from_agent=caller, dialled=did, channel=req.channel,
+                                  destination=decision.destination, queue=decision.queue,
+                                  agent="")
+        await session.set_variable("OMNICC_DID", decision.did)
         await answer_decision(session, decision)

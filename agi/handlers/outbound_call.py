@@ -20,7 +20,9 @@ Three AGI steps on the calling channel (dialplan/omnicc.conf [omnicc-from-agent]
   and decide_after_dial() say whether the next trunk is tried (OMNICC_OUTBOUND_NEXT=dial
   and a new OMNICC_DIAL) or the call ends with OMNICC_CAUSE (busy 486 stays busy: never
   another carrier).
-- `outbound_end?tenant=&trunk=` from the hang-up handler: the trunk channel is released.
+- `outbound_end?tenant=&trunk=[&channel=]` from the hang-up handler: the trunk channel is
+  released (the trunk's own leg names the calling channel's uniqueid when an attended
+  transfer kept it up after the agent's channel ended).
 
 The plan is made again from the config at each step, never carried in channel variables
 a caller could influence. Trunks with max_channels are counted across all Asterisk nodes
@@ -322,8 +324,11 @@ class OutboundCalls:
     async def end(self, session: AGISession) -> None:
         p = session.request.params
         tenant = self._config.tenant(p.get("tenant", ""))
+        # `channel`: the calling channel's uniqueid, when the trunk's own leg reports its
+        # end (an attended transfer moved it into the caller's call: omnicc-agent-leg).
+        channel = p.get("channel") or session.request.uniqueid
         if tenant is not None and p.get("trunk"):
-            await self._release(tenant, p["trunk"], session.request.uniqueid)
+            await self._release(tenant, p["trunk"], channel)
 
     async def _dial_first_free(self, session: AGISession, tenant: Tenant,
                                plan: OutboundPlan, candidates: tuple[str, ...],

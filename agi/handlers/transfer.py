@@ -28,12 +28,19 @@ from agi.handlers.outbound_call import SHOWN_DIALLED, OutboundCalls
 from agi.handlers.route_answers import answer_decision, answer_unrouted
 from agi.protocol import AGISession
 from omnicc.acd import AcdResult, CallStatus
+from omnicc.agent_state import CallState
 from omnicc.config import OmniccConfig, Tenant
 from omnicc.events import EventLog
 from omnicc.outbound import OutboundRefused
 from omnicc.outbound_call import Q850_NO_CIRCUIT, REFUSAL_CAUSES
 from omnicc.routing import RoutingError, agent_dial
-from omnicc.transfer import OutsideTarget, TransferKind, decide_transfer, transferring_agent
+from omnicc.transfer import (
+    OutsideTarget,
+    TransferKind,
+    attended_target,
+    decide_transfer,
+    transferring_agent,
+)
 
 log = logging.getLogger("omnicc.agi.transfer")
 
@@ -184,27 +191,86 @@ class Transfer:
 
 
 class TransferAttended:
-    """`transfer_attended?tenant=&agent=&target=&call=&consultation=`: an attended transfer,
-    seen when the consultation call's answering leg hangs up (omnicc-agent-leg-hangup):
-    agent `agent` had called `target` (the consultation, linkedid `consultation`) and
-    REFERred the caller's call (linkedid `call`) to it with Replaces; Asterisk bridged the
-    two. The parameters come from the dialplan and the config, never from the phone; the
-    event is logged only for two agents of the tenant."""
+    """`transfer_attended?tenant=&agent=&target=&call=&consultation=&leg=&queue=&answering=
+    &queue_call=`: an attended transfer, seen when the consultation call's far-end leg
+    hangs up bridged to another call than its own (omnicc-agent-leg-hangup,
+    omnicc-queue-leg-hangup): agent `agent` had called `target` (the consultation, linkedid
+    `consultation`) and REFERred the caller's call (linkedid `call`) to it with Replaces;
+    Asterisk bridged the two. `leg` says what the consultation reached (omnicc/transfer.py
+    ConsultedLeg): an agent, an outside number (the trunk's leg), or a queue (`queue`, its
+    agent `answering`, its ACD call `queue_call`). The parameters come from the dialplan
+    and the config, never from the phone; the event is logged only when they hold together
+    in the tenant (attended_target). A queue's ACD call, kept open when the consultation's
+    own channel was hung up by the transfer (omnicc-queue-hangup), ends now: its agent
+    talked with the transferred caller until this leg ended."""
 
-    def __init__(self, config: OmniccConfig, events: EventLog):
+    def __init__(self, config: OmniccConfig, events: EventLog, acd: QueueCalls | None = None):
         self._config = config
         self._events = events
+        self._acd = acd
 
     async def __call__(self, session: AGISession) -> None:
         p = session.request.params
         tenant = self._config.tenant(p.get("tenant", ""))
-        agent, target = p.get("agent", ""), p.get("target", "")
-        if tenant is None or tenant.agent(agent) is None or tenant.agent(target) is None:
-            log.warning("transfer_attended ignored: tenant %r, agents %r -> %r",
-                        p.get("tenant", ""), agent, target)
+        if tenant is None:
+            log.warning("transfer_attended ignored: unknown tenant %r", p.get("tenant", ""))
             return
-        await self._events.append(
-            tenant.name, "call_transferred", uniqueid=p.get("call", ""),
-            kind=TransferKind.ATTENDED.value, from_agent=agent, target=target,
-            destination="agent", agent=target, outcome="bridged",
-            consultation=p.get("consultation", ""), channel=session.request.channel)
+        if p.get("queue_call"):
+            await _end_queue_call(self._acd, tenant, p["queue_call"], "caller")
+        agent, dialled = p.get("agent", ""), p.get("target", "")
+        try:
+            if tenant.agent(agent) is None:
+                raise RoutingError(f"{agent!r} is not an agent of tenant {tenant.name}")
+            target = attended_target(tenant, p.get("leg", ""), dialled,
+                                     queue=p.get("queue", ""), answering=p.get("answering", ""))
+        except RoutingError as exc:
+            log.warning("transfer_attended ignored: %s", exc)
+            return
+        fields = {"uniqueid": p.get("call", ""), "kind": TransferKind.ATTENDED.value,
+                  "from_agent": agent, "target": dialled, "destination": target.destination,
+                  "agent": target.agent, "queue": target.queue, "outcome": "bridged",
+                  "consultation": p.get("consultation", ""),
+                  "channel": session.request.channel}
+        if target.route:
+            fields.update(route=target.route, number=target.number)
+        await self._events.append(tenant.name, "call_transferred", **fields)
+
+
+class QueueCallTransferred:
+    """`queue_transferred?tenant=&call=`: the agent's leg of queue call `call` was hung up
+    by an attended transfer its agent made (Asterisk set ATTENDEDTRANSFER on that leg;
+    omnicc-queue-leg-hangup). The caller talks on with the consultation's far end, so the
+    agent's part is over: the ACD ends the call with reason `transferred` (the agent goes
+    into wrap-up now, as after a blind transfer, not when the caller hangs up later)."""
+
+    def __init__(self, config: OmniccConfig, acd: QueueCalls):
+        self._config = config
+        self._acd = acd
+
+    async def __call__(self, session: AGISession) -> None:
+        p = session.request.params
+        tenant = self._config.tenant(p.get("tenant", ""))
+        if tenant is None or not p.get("call"):
+            log.warning("queue_transferred ignored: tenant %r, call %r", p.get("tenant", ""),
+                        p.get("call", ""))
+            return
+        await _end_queue_call(self._acd, tenant, p["call"], "transferred")
+
+
+async def _end_queue_call(acd: QueueCalls | None, tenant: Tenant, call: str,
+                          reason: str) -> None:
+    """Ends ACD call `call` when it is CONNECTED (its agent goes into wrap-up); a call
+    already ended, or one the ACD does not know, is left alone."""
+    if acd is None:
+        return
+    try:
+        status = await acd.call_status(tenant.name, call)
+        if status is None or status.state is not CallState.CONNECTED:
+            return
+        result = await acd.hangup(tenant.name, call, reason)
+    except (RedisError, ValueError) as exc:
+        # Its lease ends it if this node stops vouching for it.
+        log.error("cannot end queue call %r: %s", call, exc)
+        return
+    if not result.ok:
+        log.warning("queue call %s not ended: %s", call, result.code)

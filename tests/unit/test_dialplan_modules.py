@@ -14,6 +14,7 @@ FUNCTION_MODULES = {
     "CUT": "func_cut.so",
     "FILTER": "func_strings.so",
     "IF": "func_logic.so",
+    "IMPORT": "func_logic.so",
     "PJSIP_HEADER": "res_pjsip_header_funcs.so",
     "URIENCODE": "func_uri.so",
 }
