@@ -28,7 +28,7 @@ import pytest
 from omnicc import sipp
 from omnicc.acd import AcdSync
 from omnicc.events import read_events
-from omnicc.keys import agent_hash
+from omnicc.keys import agent_hash, trunk_channels
 from omnicc.sipp import SippRun
 
 from .conftest import TRUNK_IP, RunningStack, free_ports, stack_up
@@ -58,7 +58,7 @@ tenants:
     trunks:
       - {{name: test-carrier, address: {trunk}}}
       - {{name: carrier-out, address: 127.0.0.140, dial_host: 127.0.0.140,
-          dial_port: {carrier}}}
+          dial_port: {carrier}, max_channels: 2}}
     inbound_routes:
       - {{did: "5550100", destination: "agent:1001"}}
       - {{did: "5550110", destination: "queue:sales"}}
@@ -115,6 +115,13 @@ def test_an_attended_transfer_to_an_outside_number_bridges_the_caller_with_the_c
     stack: RunningStack, sipp_dir: Path
 ) -> None:
     since = now_id()
+    r = stack.redis()
+    channels = trunk_channels("default", "carrier-out")
+
+    def ended(uniqueid: str) -> bool:
+        return any(e["event"] == "call_ended" and e.get("uniqueid") == uniqueid
+                   for e in read_events(r, "default", since=since))
+
     carrier = outside_carrier(stack, sipp_dir)
     try:
         with transferring_agent(stack) as alice:
@@ -131,20 +138,28 @@ def test_an_attended_transfer_to_an_outside_number_bridges_the_caller_with_the_c
             assert alice.wait_for_outcome(call) == "SIP/2.0 200 OK"
             alice.finish(call)
             alice.finish(consultation)
+            (outbound,) = [e for e in read_events(r, "default", since=since)
+                           if e["event"] == "outbound_routed"]
+            # 1001's consultation channel has hung up (its hang-up handlers ran, the last
+            # one logs call_ended): the trunk's channel, still carrying the caller, stays
+            # counted against max_channels under that channel's id.
+            assert wait_until(lambda: ended(outbound["uniqueid"]), 10)
+            assert r.zscore(channels, outbound["uniqueid"]) is not None
             # The caller talks on with the carrier, then hangs up (its BYE, not one from
             # Asterisk: caller.xml fails on a BYE it did not send); the carrier gets its.
             assert caller.wait(timeout=30) == 0, caller.trace()
             assert carrier.wait(timeout=15) == 0, carrier.trace()
     finally:
         carrier.stop()
+    # The trunk's leg gave its channel back when it ended.
+    assert wait_until(lambda: r.zscore(channels, outbound["uniqueid"]) is None, 10)
     (invite,) = invites(carrier)
     assert invite.startswith("INVITE sip:+345551234@127.0.0.140")
     assert any(line.startswith("BYE ") for line in carrier.first_lines())
 
     (transfer,) = transfers_since(stack, since)
-    events = read_events(stack.redis(), "default", since=since)
+    events = read_events(r, "default", since=since)
     (routed,) = [e for e in events if e["event"] == "call_routed"]
-    (outbound,) = [e for e in events if e["event"] == "outbound_routed"]
     assert (transfer["kind"], transfer["outcome"], transfer["destination"]) == (
         "attended", "bridged", "outbound")
     assert (transfer["from_agent"], transfer["target"]) == ("1001", "95551234")

@@ -15,6 +15,8 @@ from omnicc.routing import RoutingError
 from omnicc.transfer import AttendedTarget, attended_target, queue_of_did
 
 from .test_agi_handlers import MemoryEventLog, as_event_log, run_handler
+from .test_outbound_call import CONFIG as OUTBOUND_CONFIG
+from .test_outbound_call import UNIQUEID, Harness
 from .test_queue_transfer import CALL, MemoryAcd, status
 
 CONFIG = """
@@ -229,3 +231,22 @@ def test_other_numbers_do_not_join_a_queue(config: OmniccConfig, dialled: str,
     variables, _ = agent_call(config, dialled, agent)
     assert variables.get("OMNICC_DEST") != "queue"
     assert "OMNICC_QUEUE" not in variables
+
+
+# ------------------------------------------------------------------ a trunk's channel count
+
+
+def test_the_trunks_own_leg_gives_back_the_channel_of_the_agents_call() -> None:
+    """After an attended transfer the trunk's leg outlives the agent's channel that holds
+    its count: its hang-up handler names that channel (outbound_end channel=)."""
+    harness = Harness(parse_config(OUTBOUND_CONFIG))
+    harness.dial("95551234")
+    assert harness.channels("carrier-a") == {UNIQUEID}
+    # The trunk leg's own session: another uniqueid; only the named channel is released.
+    harness.run(harness.end, "outbound_end",
+                {"tenant": "acme", "trunk": "carrier-a", "channel": "someone-else"})
+    assert harness.channels("carrier-a") == {UNIQUEID}
+    harness.run(harness.end, "outbound_end",
+                {"tenant": "acme", "trunk": "carrier-a", "channel": UNIQUEID})
+    assert harness.channels("carrier-a") == set()
+    assert harness.held.held("acme", "carrier-a") == frozenset()
