@@ -9,6 +9,11 @@ any other number is an OutsideTarget, for the tenant's outbound routes.
 Who transfers (transferring_agent) comes from omnicc's own data, never from the phone: for
 a call that came through a queue, the agent the ACD connected it to; else the agent its
 inbound route sent it to.
+
+An attended transfer is carried out by Asterisk (the caller bridged with the far end of
+the agent's consultation call); attended_target says what that far end was, from the
+values the dialplan kept (an agent, an outside number, a queue reached by its DID:
+queue_of_did), checked against the tenant.
 """
 
 from __future__ import annotations

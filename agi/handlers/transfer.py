@@ -15,6 +15,12 @@ checked, routed, OMNICC_DEST=outbound, carried out at omnicc-from-agent's `outbo
 label), when the tenant has outbound routes and the transferring agent is one of its
 agents. Either way
 a `call_transferred` event says who transferred which call to what, and the outcome.
+
+Attended transfers (REFER with Replaces) are carried out by Asterisk alone; the hang-up
+handlers of the legs involved report them: `transfer_attended` (TransferAttended) when the
+consultation's far-end leg ends bridged to the caller's call, `queue_transferred`
+(QueueCallTransferred) when a queue call's agent leg was swapped out by its agent's
+transfer.
 """
 
 from __future__ import annotations
