@@ -109,7 +109,7 @@ REPLICATION_WAIT_SECONDS = 10.0
 # Up to where native's limit shows on a 2-core machine: a ratio against a baseline that
 # passed every step is only an upper bound.
 DEFAULT_RATES = (200, 300, 400, 500, 600, 700, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000,
-                 5000, 6000, 8000, 10000, 12500, 15000, 20000)
+                 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12500, 15000, 20000)
 DEFAULT_SECONDS = 10.0
 # Other jobs share the machine: a step that fails is run once more before its side stops.
 DEFAULT_ATTEMPTS = 2
