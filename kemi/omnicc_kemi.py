@@ -29,6 +29,7 @@ from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
     contact_expires,
     contact_uri,
+    digest_answers_with_qop,
     parse_authorization,
     path_header,
     registration_ttl,
@@ -420,6 +421,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             if credentials.scheme == "bearer":
                 identity = self.auth.check_bearer(credentials.token, tenant, user, now)
             elif credentials.scheme == "digest":
+                if self.config.auth.digest.require_qop and not digest_answers_with_qop(header):
+                    raise AuthFailure("digest: no qop=auth (its answer could be replayed)")
                 # $aU: the whole digest username; $au would cut "EXPIRY:EXT" to EXT.
                 auth_user = KSR.pv.get("$aU") or ""
                 password = self.auth.digest_password(tenant, user, auth_user, now)

@@ -1325,6 +1325,9 @@ class DigestAuth(_Strict):
     credential_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=366 * 24 * 3600)
     # Static passwords from tenants[].agents[].password still work when true.
     allow_static_passwords: bool = True
+    # A digest answer without qop=auth is refused: it has no nonce count, so a captured
+    # answer could be replayed while its nonce lives. False admits RFC 2069-style phones.
+    require_qop: bool = True
 
 
 class Security(_Strict):

@@ -43,6 +43,39 @@ def parse_authorization(value: str | None) -> Credentials:
     return Credentials("malformed")
 
 
+# One auth-param of a Digest answer: name=token or name="quoted string" (RFC 7616 3.4).
+_AUTH_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
+
+
+def digest_params(value: str) -> dict[str, str] | None:
+    """The parameters of a Digest Authorization header (names lower-cased, quotes
+    removed), or None when it is not one or does not parse: a quoted value is one value,
+    so a `qop=auth` inside another parameter's quotes is not a qop."""
+    if not DIGEST_RE.match(value):
+        return None
+    rest = value.lstrip()[len("digest"):]
+    params: dict[str, str] = {}
+    position = 0
+    while position < len(rest.rstrip()):
+        found = _AUTH_PARAM_RE.match(rest, position)
+        if found is None or found.end() == position:
+            return None
+        name, text = found.group(1).lower(), found.group(2)
+        if name in params:
+            return None  # a second qop (or anything) is not for us to pick from
+        params[name] = text[1:-1] if text.startswith('"') else text
+        position = found.end()
+    return params
+
+
+def digest_answers_with_qop(value: str | None) -> bool:
+    """Whether a Digest Authorization header answers with qop=auth. Without qop (RFC 2069
+    style) there is no nonce count, so Kamailio cannot tell a replayed answer from the
+    first while its nonce lives."""
+    params = digest_params(value) if value else None
+    return params is not None and params.get("qop", "").lower() == "auth"
+
+
 def bearer_challenge(realm: str, proxy: bool) -> str:
     """The Bearer challenge header sent beside the Digest one (RFC 8898 section 2.1)."""
     name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"

@@ -85,6 +85,7 @@ class SipRequest:
     reply_code: int | None = None  # $rs, in reply and failure routes
     # The headers of the reply a failure route sees ($T_rpl($hdr(...))).
     reply_headers: list[tuple[str, str]] = field(default_factory=list)
+    digest_qop: bool = True  # the digest answer carries qop=auth
 
     def digest_header(self) -> tuple[str, str] | None:
         """The digest credentials as the header a phone sends them in."""
@@ -92,8 +93,11 @@ class SipRequest:
             return None
         name = "Authorization" if self.method == "REGISTER" else "Proxy-Authorization"
         creds = self.credentials
+        # As a phone answers omnicc's challenge (qop=auth), unless the request says not.
+        qop = ', qop=auth, nc=00000001, cnonce="fake-cnonce"' if self.digest_qop else ""
         return name, (f'Digest username="{creds.username}", realm="{creds.realm}", '
-                      f'nonce="fake-nonce", uri="sip:{creds.realm}", response="fake-response"')
+                      f'nonce="fake-nonce", uri="sip:{creds.realm}", response="fake-response"'
+                      + qop)
 
     def all_headers(self) -> list[tuple[str, str]]:
         digest = self.digest_header()

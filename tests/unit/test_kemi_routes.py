@@ -626,6 +626,26 @@ def test_a_reused_nonce_count_is_refused_but_not_counted(worker: Worker) -> None
     assert "nonce count reused" in logged[0]
 
 
+def test_a_digest_answer_without_qop_is_refused_and_counted(worker: Worker) -> None:
+    # Without qop there is no nonce count: the answer could be replayed while its nonce
+    # lives. Refused before Kamailio's digest check, like a wrong password.
+    fake = worker.route(register(credentials=good_credentials(), digest_qop=False))
+    assert_challenged(fake)
+    assert "auth.pv_auth_check" not in fake.names()
+    assert worker.auth_failures() == 1
+    (logged,) = fake.calls_to("info")
+    assert "no qop=auth" in logged[0]
+
+
+def test_phones_without_qop_are_let_in_when_the_config_says_so(
+    worker_with: Callable[[str], Worker]
+) -> None:
+    worker = worker_with("auth: {digest: {require_qop: false}}")
+    fake = worker.route(register(credentials=good_credentials(), digest_qop=False))
+    assert fake.calls_to("auth.pv_auth_check") == [(DOMAIN, AGENT_PASSWORD, 0, 0)]
+    assert worker.auth_failures() == 0
+
+
 def test_a_stale_nonce_is_challenged_again_with_stale_true_and_not_counted(
     worker: Worker
 ) -> None:

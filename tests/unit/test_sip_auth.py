@@ -12,6 +12,7 @@ from omnicc.sip_auth import (
     Credentials,
     bearer_challenge,
     decoy_password,
+    digest_answers_with_qop,
     parse_authorization,
 )
 
@@ -60,6 +61,33 @@ def test_any_header_text_is_classified_never_raises(header: str) -> None:
         assert credentials.token and not any(c.isspace() for c in credentials.token)
     else:
         assert credentials.token == ""
+
+
+@pytest.mark.parametrize(("header", "answers_with_qop"), [
+    ('Digest username="1001", nonce="n", response="r", qop=auth, nc=00000001, cnonce="c"',
+     True),
+    ('Digest username="1001",qop="auth",nc=00000001', True),  # quoted by some phones
+    ('digest  QOP=Auth, nc=1', True),
+    ('Digest username="1001", nonce="n", response="r"', False),  # RFC 2069 style
+    ('Digest username="1001", qop=auth-int, nc=1', False),
+    # Inside another parameter's quotes it is that parameter's text, not a qop.
+    ('Digest username="1001", opaque="x, qop=auth", response="r"', False),
+    ('Digest username="a\\"b, qop=auth"', False),
+    ('Digest qop=auth, qop=auth', False),  # which one? neither
+    ('Digest username="1001, qop=auth', False),  # an unclosed quote does not parse
+    ("Bearer qop=auth", False),
+    ("", False),
+    (None, False),
+])
+def test_a_digest_answer_has_qop_auth_only_as_a_parameter_of_its_own(
+    header: str | None, answers_with_qop: bool
+) -> None:
+    assert digest_answers_with_qop(header) is answers_with_qop
+
+
+@given(st.text(max_size=300))
+def test_any_header_text_is_judged_for_qop_never_raises(header: str) -> None:
+    assert digest_answers_with_qop("Digest " + header) in (True, False)
 
 
 @pytest.mark.parametrize(("proxy", "expected"), [
