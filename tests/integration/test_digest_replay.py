@@ -108,3 +108,30 @@ def test_a_replayed_digest_register_is_refused(running_stack: RunningStack) -> N
             expires=0, authorization=digest_authorization(challenge, 3, cnonce))) == 200
     finally:
         phone.close()
+
+
+def test_a_digest_answer_without_qop_is_refused(running_stack: RunningStack) -> None:
+    """Answered RFC 2069 style (no qop, no nonce count), a right password is still refused:
+    such an answer could be replayed while its nonce lives."""
+    phone = RawPhone(running_stack)
+    try:
+        challenge = phone.register()
+        assert status(challenge) == 401, challenge
+        header = next(line for line in challenge.split("\r\n")
+                      if line.lower().startswith("www-authenticate: digest"))
+        params = dict(re.findall(r'(\w+)="?([^",]+)"?', header.split(" ", 2)[2]))
+        uri = f"sip:{DOMAIN}"
+        ha1 = md5(f"{EXTENSION}:{params['realm']}:{PASSWORD}")
+        response = md5(f"{ha1}:{params['nonce']}:{md5(f'REGISTER:{uri}')}")
+        answer = (f'Digest username="{EXTENSION}", realm="{params["realm"]}", '
+                  f'nonce="{params["nonce"]}", uri="{uri}", response="{response}", '
+                  'algorithm=MD5')
+        refused = phone.register(authorization=answer)
+        assert status(refused) == 401, refused
+        # The same password with qop=auth on the new challenge: let in.
+        assert status(phone.register(
+            authorization=digest_authorization(refused, 1, secrets.token_hex(8)))) == 200
+        assert status(phone.register(
+            expires=0, authorization=digest_authorization(refused, 2, "x"))) == 200
+    finally:
+        phone.close()
