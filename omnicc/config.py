@@ -1328,6 +1328,9 @@ class DigestAuth(_Strict):
     # A digest answer without qop=auth is refused: it has no nonce count, so a captured
     # answer could be replayed while its nonce lives. False admits RFC 2069-style phones.
     require_qop: bool = True
+    # The digest hash (RFC 8760): SHA-256 for phones that have it; MD5 for all the others.
+    # One per node: Kamailio's challenge names only this one.
+    algorithm: Literal["MD5", "SHA-256"] = "MD5"
 
 
 class Security(_Strict):

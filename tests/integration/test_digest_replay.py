@@ -7,14 +7,20 @@ SIPp cannot resend a request byte for byte, so this test speaks raw SIP over UDP
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import shutil
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from .conftest import DOMAIN, RunningStack
+from omnicc.config import load_config
+from omnicc.stack import Stack
+
+from .conftest import DOMAIN, RunningStack, free_ports, make_stack_dir
 
 pytestmark = pytest.mark.integration
 
@@ -71,19 +77,29 @@ def status(reply: str) -> int:
     return int(reply.split(" ", 2)[1])
 
 
-def digest_authorization(challenge_reply: str, nc: int, cnonce: str) -> str:
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def challenge_params(challenge_reply: str) -> dict[str, str]:
     header = next(line for line in challenge_reply.split("\r\n")
                   if line.lower().startswith("www-authenticate: digest"))
-    params = dict(re.findall(r'(\w+)="?([^",]+)"?', header.split(" ", 2)[2]))
-    assert "auth" in params.get("qop", "").split(","), header
+    return dict(re.findall(r'(\w+)="?([^",]+)"?', header.split(" ", 2)[2]))
+
+
+def digest_authorization(challenge_reply: str, nc: int, cnonce: str,
+                         algorithm: str = "MD5") -> str:
+    params = challenge_params(challenge_reply)
+    assert "auth" in params.get("qop", "").split(","), params
     realm, nonce = params["realm"], params["nonce"]
+    digest = {"MD5": md5, "SHA-256": sha256}[algorithm]
     uri = f"sip:{DOMAIN}"
     nc_text = f"{nc:08x}"
-    ha1 = md5(f"{EXTENSION}:{realm}:{PASSWORD}")
-    ha2 = md5(f"REGISTER:{uri}")
-    response = md5(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+    ha1 = digest(f"{EXTENSION}:{realm}:{PASSWORD}")
+    ha2 = digest(f"REGISTER:{uri}")
+    response = digest(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
     return (f'Digest username="{EXTENSION}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", algorithm=MD5, qop=auth, nc={nc_text}, '
+            f'response="{response}", algorithm={algorithm}, qop=auth, nc={nc_text}, '
             f'cnonce="{cnonce}"')
 
 
@@ -117,9 +133,7 @@ def test_a_digest_answer_without_qop_is_refused(running_stack: RunningStack) -> 
     try:
         challenge = phone.register()
         assert status(challenge) == 401, challenge
-        header = next(line for line in challenge.split("\r\n")
-                      if line.lower().startswith("www-authenticate: digest"))
-        params = dict(re.findall(r'(\w+)="?([^",]+)"?', header.split(" ", 2)[2]))
+        params = challenge_params(challenge)
         uri = f"sip:{DOMAIN}"
         ha1 = md5(f"{EXTENSION}:{params['realm']}:{PASSWORD}")
         response = md5(f"{ha1}:{params['nonce']}:{md5(f'REGISTER:{uri}')}")
@@ -133,5 +147,54 @@ def test_a_digest_answer_without_qop_is_refused(running_stack: RunningStack) -> 
             authorization=digest_authorization(refused, 1, secrets.token_hex(8)))) == 200
         assert status(phone.register(
             expires=0, authorization=digest_authorization(refused, 2, "x"))) == 200
+    finally:
+        phone.close()
+
+
+@pytest.fixture
+def sha256_kamailio(running_stack: RunningStack) -> Iterator[tuple[str, int]]:
+    """Another Kamailio of the same deployment (its secrets, Redis and Asterisk), with
+    auth.digest.algorithm SHA-256, on a port of its own."""
+    directory = make_stack_dir("omnicc-sha256-")
+    (port,) = free_ports(1)
+    text = running_stack.stack.config_path.read_text()
+    text = text.replace("node: it-main", "node: it-sha256")
+    text = re.sub(r"kamailio_nodes:\n(  - .*\n)+", "", text)  # not a DMQ peer
+    text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {port}}}", text)
+    text += "auth:\n  digest:\n    algorithm: SHA-256\n"
+    path = directory / "omnicc.yaml"
+    path.write_text(text)
+    stack = Stack(load_config(path), path, directory / "var")
+    stack._dirs()
+    shutil.copytree(running_stack.stack.var / "secrets", stack.var / "secrets")
+    kamailio = next(s for s in stack.services if s.name == "kamailio")
+    node_env = kamailio.env
+    kamailio.env = lambda: {**node_env(), "OMNICC_REDIS_URL": running_stack.stack.redis_url}
+    kamailio.start(progress=print)
+    try:
+        yield ("127.0.0.1", port)
+    finally:
+        kamailio.stop(progress=print)
+        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sha256_digest_when_the_config_asks_for_it(
+    running_stack: RunningStack, sha256_kamailio: tuple[str, int]
+) -> None:
+    phone = RawPhone(running_stack)
+    phone.server = sha256_kamailio
+    try:
+        challenge = phone.register()
+        assert status(challenge) == 401, challenge
+        assert challenge_params(challenge).get("algorithm") == "SHA-256", challenge
+        # An MD5 answer to it is a wrong answer ...
+        refused = phone.register(authorization=digest_authorization(challenge, 1, "c1"))
+        assert status(refused) == 401, refused
+        # ... the SHA-256 one (RFC 8760) lets the phone in.
+        assert status(phone.register(authorization=digest_authorization(
+            refused, 1, "c2", algorithm="SHA-256"))) == 200
+        assert status(phone.register(expires=0, authorization=digest_authorization(
+            refused, 2, "c2", algorithm="SHA-256"))) == 200
     finally:
         phone.close()

@@ -322,3 +322,14 @@ def test_render_cli_writes_the_nonce_secret_of_the_shared_digest_secret(
     assert f'modparam("auth", "secret", "{expected}")' in written
     assert 'import_file "/etc/kamailio/kamailio-secrets.cfg"' in (
         tmp_path / "out" / "kamailio" / "kamailio.cfg").read_text()
+
+
+def test_sha256_digest_is_asked_of_kamailio_only_when_configured(tmp_path: Path) -> None:
+    md5 = tmp_path / "md5"
+    render_kamailio(parse_config(CLUSTER), md5)
+    assert not any('"algorithm"' in line for line in settings_of(read(md5, "kamailio.cfg")))
+    sha = tmp_path / "sha"
+    render_kamailio(parse_config(CLUSTER + "auth: {digest: {algorithm: SHA-256}}\n"), sha)
+    assert 'modparam("auth", "algorithm", "SHA-256")' in settings_of(read(sha, "kamailio.cfg"))
+    with pytest.raises(Exception, match="MD5"):
+        parse_config(CLUSTER + "auth: {digest: {algorithm: SHA-1}}\n")
