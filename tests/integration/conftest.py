@@ -145,6 +145,31 @@ def stack_up(prefix: str, name: str, template: str = CONFIG_TEMPLATE,
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def kamailio_beside(running: RunningStack, node: str, config_text: str) -> Iterator[Stack]:
+    """One more Kamailio of `running`'s deployment, from `config_text` (its own node name,
+    address or port): the deployment's secrets, Redis and Asterisk nodes; up for the block."""
+    directory = make_stack_dir(f"omnicc-{node}-")
+    path = directory / "omnicc.yaml"
+    path.write_text(config_text)
+    stack = Stack(load_config(path), path, directory / "var")
+    stack._dirs()
+    # Nodes of one deployment share the secrets (the digest secret above all: ephemeral
+    # credentials and digest nonces must check on every node).
+    shutil.copytree(running.stack.var / "secrets", stack.var / "secrets")
+    kamailio = next(s for s in stack.services if s.name == "kamailio")
+    node_env = kamailio.env
+    # The shared Redis listens on the running stack's address.
+    kamailio.env = lambda: {**node_env(), "OMNICC_REDIS_URL": running.stack.redis_url}
+    kamailio.start(progress=print)
+    try:
+        yield stack
+    finally:
+        kamailio.stop(progress=print)
+        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def running_stack() -> Iterator[RunningStack]:
     with stack_up("omnicc-it-", "main") as running:

@@ -3,7 +3,6 @@ registered through one node is reachable through any other."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -22,6 +21,7 @@ from .conftest import (
     TRUNK_IP,
     RunningStack,
     free_ports,
+    kamailio_beside,
     make_stack_dir,
     omnicc_cli,
 )
@@ -32,33 +32,16 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def second_kamailio(running_stack: RunningStack):
-    """Node B: another Kamailio (own var/) at the address the stack's config lists as its
-    DMQ peer (an IP of its own, as another machine would have), on the same Redis."""
-    directory = make_stack_dir("omnicc-node-b-")
+    """Node B: another Kamailio at the address the stack's config lists as its DMQ peer
+    (an IP of its own, as another machine would have), on the same Redis."""
     config = running_stack.config
     (peer,) = [n for n in config.kamailio_nodes if n.host == PEER_NODE_IP]
     text = running_stack.stack.config_path.read_text()
     text = text.replace("node: it-main", "node: it-node-b")
     text = text.replace(f"listen: {config.services.listen}", f"listen: {PEER_NODE_IP}")
     text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {peer.port}}}", text)
-    path = directory / "omnicc.yaml"
-    path.write_text(text)
-    stack = Stack(load_config(path), path, directory / "var")
-    stack._dirs()
-    # Nodes of one deployment share the secrets (the digest secret above all: ephemeral
-    # credentials and digest nonces must check on every node).
-    shutil.copytree(running_stack.stack.var / "secrets", stack.var / "secrets")
-    kamailio = next(s for s in stack.services if s.name == "kamailio")
-    node_env = kamailio.env
-    # The shared Redis listens on the stack's address, not on B's.
-    kamailio.env = lambda: {**node_env(), "OMNICC_REDIS_URL": running_stack.stack.redis_url}
-    kamailio.start(progress=print)
-    try:
+    with kamailio_beside(running_stack, "node-b", text):
         yield f"{PEER_NODE_IP}:{peer.port}"
-    finally:
-        kamailio.stop(progress=print)
-        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_agent_registered_through_one_node_gets_a_call_relayed_by_another(

@@ -7,20 +7,15 @@ SIPp cannot resend a request byte for byte, so this test speaks raw SIP over UDP
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from omnicc.config import load_config
-from omnicc.stack import Stack
-
-from .conftest import DOMAIN, RunningStack, free_ports, make_stack_dir
+from .conftest import DOMAIN, RunningStack, free_ports, kamailio_beside
 
 pytestmark = pytest.mark.integration
 
@@ -153,30 +148,18 @@ def test_a_digest_answer_without_qop_is_refused(running_stack: RunningStack) -> 
 
 @pytest.fixture
 def sha256_kamailio(running_stack: RunningStack) -> Iterator[tuple[str, int]]:
-    """Another Kamailio of the same deployment (its secrets, Redis and Asterisk), with
-    auth.digest.algorithm SHA-256, on a port of its own."""
-    directory = make_stack_dir("omnicc-sha256-")
+    """Another Kamailio of the same deployment with auth.digest.algorithm SHA-256, on a
+    port of its own."""
     (port,) = free_ports(1)
     text = running_stack.stack.config_path.read_text()
     text = text.replace("node: it-main", "node: it-sha256")
     text = re.sub(r"kamailio_nodes:\n(  - .*\n)+", "", text)  # not a DMQ peer
     text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {port}}}", text)
-    text += "auth:\n  digest:\n    algorithm: SHA-256\n"
-    path = directory / "omnicc.yaml"
-    path.write_text(text)
-    stack = Stack(load_config(path), path, directory / "var")
-    stack._dirs()
-    shutil.copytree(running_stack.stack.var / "secrets", stack.var / "secrets")
-    kamailio = next(s for s in stack.services if s.name == "kamailio")
-    node_env = kamailio.env
-    kamailio.env = lambda: {**node_env(), "OMNICC_REDIS_URL": running_stack.stack.redis_url}
-    kamailio.start(progress=print)
-    try:
+    with kamailio_beside(running_stack, "sha256", text + SHA256_AUTH):
         yield ("127.0.0.1", port)
-    finally:
-        kamailio.stop(progress=print)
-        if os.environ.get("OMNICC_KEEP_TEST_DIRS") != "1":
-            shutil.rmtree(directory, ignore_errors=True)
+
+
+SHA256_AUTH = "auth:\n  digest:\n    algorithm: SHA-256\n"
 
 
 def test_sha256_digest_when_the_config_asks_for_it(
