@@ -23,7 +23,7 @@ from omnicc.events import read_events
 from omnicc.keys import agent_hash
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, free_ports, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, TRUNK_IP, RunningStack, free_ports, stack_up
 from .queue_agents import wait_until
 from .test_first_call import now_id
 from .test_transfers import BRIDGED, invites, transferring_agent, transfers_since
@@ -32,15 +32,7 @@ pytestmark = pytest.mark.integration
 
 OUTSIDE_CARRIER_IP = "127.0.0.122"
 
-CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}

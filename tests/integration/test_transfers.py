@@ -28,21 +28,13 @@ from omnicc import sipp
 from omnicc.events import read_events
 from omnicc.sipp import SippRun
 
-from .conftest import DOMAIN, TRUNK_IP, RunningStack, free_ports, stack_up
+from .conftest import DOMAIN, SERVICES_TEMPLATE, TRUNK_IP, RunningStack, free_ports, stack_up
 from .raw_agent import RawAgent
 from .test_first_call import PASSWORDS, agent_online, now_id
 
 pytestmark = pytest.mark.integration
 
-TRANSFER_CONFIG = """\
-node: it-{name}
-services:
-  listen: 127.0.0.1
-  kamailio: {{port: {kamailio}}}
-  asterisk: {{port: {asterisk}}}
-  agi:      {{port: {agi}}}
-  redis:    {{port: {redis}}}
-  postgres: {{port: {postgres}}}
+TRANSFER_CONFIG = SERVICES_TEMPLATE + """\
 tenants:
   - name: default
     domain: {domain}
