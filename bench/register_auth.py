@@ -418,7 +418,7 @@ def native_kamailio(workdir: Path, *, port: int, agents: Sequence[Agent]) -> Ite
     binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
     # The same memory sizes as omnicc.stack gives omnicc's Kamailio.
     command = [binary, "-f", str(cfg), "-Y", str(directory), "-DD", "-E",
-               "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB)]
+               "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB), "-x", "tlsf"]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=directory, stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=subprocess.STDOUT,
