@@ -11,6 +11,7 @@ separated) names site directories holding the omnicc package and its dependencie
 """
 
 import os
+import re
 import site
 import time
 import traceback
@@ -55,6 +56,8 @@ AUTH_CHALLENGE_QOP = 1  # auth_challenge() flag: qop=auth (nonce counts can be c
 AUTH_CHALLENGE_STALE = 16  # auth_challenge() flag: stale=true
 ASTERISK_RING_TIMEOUT_MS = 120000
 LOOSE_ROUTE_PRELOADED = -3  # loose_route(): next hop taken from a preloaded route set
+# What a trunk may call: omnicc.outbound.check_dialled_number's characters and length.
+CALLED_NUMBER_RE = re.compile(r"\+?[0-9*#]{1,32}")
 
 
 class NodeHtables:
@@ -357,6 +360,11 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         """A call from a trusted peer or an agent: to an Asterisk node (dispatcher)."""
         if not KSR.is_INVITE():
             self.method_not_allowed()
+            return
+        if trunk and not CALLED_NUMBER_RE.fullmatch(KSR.pv.get("$rU") or ""):
+            # A trunk's or PBX's DID becomes dialplan data: only a number goes in (the
+            # inbound_route AGI checks it again).
+            KSR.sl.sl_send_reply(484, "Address Incomplete")
             return
         if KSR.dispatcher.ds_select_dst(DISPATCHER_SET, DISPATCHER_ROUND_ROBIN) < 0:
             KSR.sl.sl_send_reply(503, "No Asterisk Node Available")

@@ -31,6 +31,8 @@ from omnicc.config import InboundRoute as InboundRouteConfig
 from omnicc.config import OmniccConfig, Tenant
 from omnicc.customer_lookup import LookupFailed, look_up
 from omnicc.events import EventLog
+from omnicc.outbound import OutboundRefused, check_dialled_number
+from omnicc.outbound_call import Q850_INVALID_NUMBER_FORMAT
 from omnicc.recording import route_recording_file
 from omnicc.routing import (
     Clock,
@@ -64,6 +66,18 @@ class InboundRoute:
             "caller": req.callerid, "channel": req.channel,
         }
         tenant = self._config.tenant(tenant_name)
+        try:
+            # The DID is the Request-URI user a carrier or PBX sent, so anything a SIP URI
+            # may hold (`5550100)U(x`, `%2C`); the dialplan later passes OMNICC_DID in Dial
+            # option strings. Only a number goes on (the dialled-number check).
+            check_dialled_number(did)
+        except OutboundRefused as exc:
+            log.warning("call %s not routed: invalid DID: %s", req.uniqueid, exc)
+            if tenant is not None:
+                await self._events.append(tenant.name, "call_unrouted",
+                                          reason=f"invalid DID: {exc}", **common)
+            await answer_unrouted(session, f"invalid DID: {exc}", Q850_INVALID_NUMBER_FORMAT)
+            return
         try:
             if tenant is not None and self._blacklist is not None:
                 reason = await self._blacklist(tenant.name, req.callerid)

@@ -158,6 +158,16 @@ def test_an_exact_did_beats_a_pattern_and_busy_is_486(stack: RunningStack,
         ("5550250", "_55502XX", "busy"), ("5550201", "5550201", "hangup")]
 
 
+def test_a_did_that_is_not_a_number_is_refused_at_the_door(stack: RunningStack,
+                                                          sipp_dir: Path) -> None:
+    # The pattern _55502XX would take 5550250...; the ')' would close a Dial option in the
+    # dialplan. Kamailio answers 484 and Asterisk never hears of the call.
+    since = now_id()
+    refused = call(stack, sipp_dir, "5550250)U(omnicc-evil^s^1", name="bad-did")
+    assert final_status(refused) == 484
+    assert read_events(stack.redis(), "default", since=since) == []
+
+
 def test_time_conditions_follow_the_clock(stack: RunningStack, sipp_dir: Path) -> None:
     since = now_id()
     assert final_status(call(stack, sipp_dir, "5550300")) == 486      # open: busy

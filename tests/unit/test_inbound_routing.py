@@ -310,6 +310,32 @@ def test_a_redis_error_on_the_blacklist_fails_over_with_503(config: OmniccConfig
     assert record.variables["OMNICC_CAUSE"] == "34"
 
 
+@pytest.mark.parametrize("did", [
+    "5550100)U(omnicc-evil^s^1",  # would close Dial's b() and add options of its own
+    "5550100,1", "5550100&PJSIP/x@evil", "555 0100", "", "1" * 40, "５５５",
+])
+def test_a_did_that_is_not_a_number_is_refused_before_any_route(
+    config: OmniccConfig, did: str
+) -> None:
+    # A pattern route (_X.) would match it; the dialplan passes OMNICC_DID in Dial option
+    # strings, so it must never get past the AGI.
+    log = MemoryEventLog()
+    blacklist_asked: list[str] = []
+
+    async def blacklist(tenant: str, caller: str) -> str | None:
+        blacklist_asked.append(caller)
+        return None
+
+    record = run(InboundRoute(config, cast(EventLog, log), blacklist), "inbound_route",
+                 tenant="acme", did=did)
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert record.variables["OMNICC_CAUSE"] == "28"  # 484 Address Incomplete
+    assert "OMNICC_DEST" not in record.variables and "OMNICC_DIAL" not in record.variables
+    assert blacklist_asked == []
+    ((_, event, fields),) = log.events
+    assert event == "call_unrouted" and fields["reason"].startswith("invalid DID")
+
+
 def test_an_ivr_route_sets_what_read_needs(config: OmniccConfig) -> None:
     record = run(InboundRoute(config, cast(EventLog, MemoryEventLog())), "inbound_route",
                  tenant="acme", did="5550201")

@@ -1059,6 +1059,16 @@ def test_invite_from_a_trunk_goes_to_an_asterisk_node_tagged_with_tenant_and_tru
     assert "auth.pv_auth_check" not in fake.names()  # trunks are admitted by address
 
 
+@pytest.mark.parametrize("did", ["5550100)U(evil^s^1", "5550100,1", "abc", "", "1" * 33])
+def test_a_trunk_call_to_something_not_a_number_is_484_and_goes_nowhere(
+    worker: Worker, did: str
+) -> None:
+    fake = worker.route(invite_from_trunk(did=did))
+    assert fake.replies == [(484, "Address Incomplete")]
+    assert not fake.relayed
+    assert "dispatcher.ds_select_dst" not in fake.names()
+
+
 def test_the_failure_route_named_for_a_trunk_call_exists(worker: Worker) -> None:
     fake = worker.route(invite_from_trunk())
     ((route_name,),) = fake.calls_to("tm.t_on_failure")
