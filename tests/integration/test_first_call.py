@@ -27,14 +27,16 @@ PASSWORDS = {"1001": "it-pass-1001", "1002": "it-pass-1002"}
 
 @contextlib.contextmanager
 def agent_online(stack: RunningStack, workdir: Path, extension: str,
-                 calls: int = 1, proxy: str | None = None) -> Iterator[SippRun]:
-    """An agent phone listening, registered through Kamailio (the stack's, or `proxy`);
-    unregistered afterwards."""
+                 calls: int = 1, proxy: str | None = None,
+                 scenario: str = "agent_answer.xml") -> Iterator[SippRun]:
+    """An agent phone listening (taking calls as `scenario` says), registered through
+    Kamailio (the stack's, or `proxy`); unregistered afterwards."""
     from omnicc.demo import free_udp_port
 
     proxy = proxy or stack.proxy
     port = free_udp_port("127.0.0.1")
-    phone = sipp.agent_phone(workdir, local_ip="127.0.0.1", port=port, calls=calls).start()
+    phone = sipp.agent_phone(workdir, local_ip="127.0.0.1", port=port, calls=calls,
+                             scenario=scenario).start()
     time.sleep(0.3)
     try:
         reg = sipp.agent_register(
@@ -287,3 +289,27 @@ def test_caller_who_hangs_up_while_the_agent_rings_cancels_the_agents_phone(
                             contact_port=port, expires=0, name="unregister-ringing").run(30)
     ended = [e for e in events_since(running_stack, since, want=2) if e["event"] == "call_ended"]
     assert ended and ended[0]["dialstatus"] == "CANCEL"
+
+
+def test_an_agent_phone_answering_503_is_final_for_kamailio(
+    running_stack: RunningStack, sipp_dir: Path
+) -> None:
+    """A refusal by the agent's phone is the call's outcome, not a node that could not
+    serve: its Reason must not carry Q.850 34, by which Kamailio would set the whole call
+    up again on another Asterisk node (omnicc/node_failover.py), ringing the agent twice."""
+    from omnicc.node_failover import NODE_FAILURE_CAUSE, q850_cause
+
+    with agent_online(running_stack, sipp_dir, "1001",
+                      scenario="carrier_unavailable.xml") as phone:
+        caller = sipp.carrier_calls(sipp_dir, proxy=running_stack.proxy, did="5550100",
+                                    local_ip=TRUNK_IP, talk_ms=500, name="agent-503")
+        caller.run(timeout=60)
+        # Kamailio passes the phone's 503 to Asterisk as 500 (RFC 3261 16.7); Asterisk
+        # ends the call with that.
+        assert final_status(caller) == 500
+        (refusal,) = [m for m in caller.traced_messages()
+                      if not m.sent and m.method == "INVITE" and m.status == 500]
+        assert q850_cause(refusal.header("reason")) not in (None, NODE_FAILURE_CAUSE), refusal
+        invites = [m for m in phone.traced_messages()
+                   if not m.sent and m.is_request and m.method == "INVITE"]
+        assert len(invites) == 1
