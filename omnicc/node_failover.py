@@ -10,9 +10,12 @@ the next node.
 Asterisk says which in the Reason header of its final response (res_pjsip_rfc3326 adds
 `Reason: Q.850;cause=N` to every response of 300 and above, N being the cause the channel
 hung up with). omnicc's dialplan hangs up with NODE_FAILURE_CAUSE (34, "no circuit
-available", 503) exactly when this node could not serve: the FastAGI server failed or
-could not be reached, nothing was dialled. Every final outcome that is a 5xx uses another
-cause (omnicc/outbound_call.py: 42, "switching equipment congestion", also 503). So:
+available", 503) when this node could not serve: the FastAGI server failed or could not be
+reached, nothing was dialled. Every final outcome of its own that is a 5xx uses another
+cause (omnicc/outbound_call.py: 42, "switching equipment congestion", also 503), and a
+called side's 34 after a Dial is passed on as 42 (dialplan/omnicc.conf). A `context:`
+destination runs the admin's own dialplan, which omnicc does not control: its Dial()s
+should do the same. So:
 
 - no reply in time, or a 5xx without a Q.850 Reason (a node that is down or overloaded
   answers before any dialplan runs): the next node;
