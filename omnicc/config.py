@@ -247,24 +247,36 @@ KNOWN_CODECS = ("ulaw", "alaw", "gsm")
 DEFAULT_TRUNK_CODECS = ("ulaw", "alaw")
 # Written into pjsip.conf as they are: a SIP user name, and a password without the
 # characters that end or comment a pjsip.conf value (';', line breaks) or spaces.
-SIP_USER_RE = re.compile(r"^[A-Za-z0-9._+*#!~-]{1,64}$")
+# A SIP URI's user part written as it goes on the wire (RFC 3261 25.1 unreserved and
+# user-unreserved characters that are safe in pjsip.conf; '#' would need escaping).
+SIP_USER_RE = re.compile(r"^[A-Za-z0-9._+*!~-]{1,64}$")
 SIP_PASSWORD_RE = re.compile(r"^[\x21-\x3a\x3c-\x7e]{1,128}$")
+
+
+def _sip_user(value: str | None) -> str | None:
+    if value is not None and not SIP_USER_RE.fullmatch(value):
+        raise ValueError("a SIP user name is 1 to 64 letters, digits and . _ + * ! ~ -")
+    return value
+
+
+SipUser = Annotated[str, AfterValidator(_sip_user)]
 
 
 class TrunkCredentials(_Strict):
     """What Asterisk answers a carrier's digest challenge with (401 to a REGISTER, 401 or
     407 to an INVITE): pjsip.conf's type=auth, in the file only Asterisk may read."""
 
-    username: str
+    username: SipUser
     password: str
     # The digest user name when the carrier's differs from the account (From/To) user.
-    auth_username: str | None = None
+    auth_username: SipUser | None = None
 
-    @field_validator("username", "auth_username")
+    @field_validator("password", mode="before")
     @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None and not SIP_USER_RE.fullmatch(value):
-            raise ValueError("a SIP user name is 1 to 64 letters, digits and . _ + * # ! ~ -")
+    def _password_text(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError("a password is text: quote it (an unquoted 12345678 reads as a "
+                             "number)")
         return value
 
     @field_validator("password")
@@ -286,7 +298,7 @@ class TrunkRegistration(_Strict):
     expiration: int = Field(default=3600, ge=60, le=86400)
     retry_interval: int = Field(default=60, ge=5, le=3600)
     # The user part of the contact Asterisk registers; None: the credentials' username.
-    contact_user: str | None = None
+    contact_user: SipUser | None = None
     # Where a call to the contact carries the DID: carriers put the contact user in the
     # Request-URI and the number called in the To header.
     did_from: Literal["to", "request_uri"] = "to"
@@ -295,13 +307,6 @@ class TrunkRegistration(_Strict):
     @classmethod
     def _server(cls, value: str | None) -> str | None:
         return value if value is None else _host(value, "server")
-
-    @field_validator("contact_user")
-    @classmethod
-    def _contact_user(cls, value: str | None) -> str | None:
-        if value is not None and not SIP_USER_RE.fullmatch(value):
-            raise ValueError("a SIP user name is 1 to 64 letters, digits and . _ + * # ! ~ -")
-        return value
 
 
 def _host(value: str, key: str) -> str:

@@ -123,6 +123,11 @@ def test_a_registrar_of_its_own_and_the_did_from_the_request_uri() -> None:
     ({"dial_host": "203.0.113.9", "credentials": '{username: "u1", password: "secret-1"}',
       "registration": "{contact_user: 'a,b'}"},
      "registration.contact_user", "a SIP user name is"),
+    # '#' is not a SIP URI user character unescaped (RFC 3261 25.1).
+    ({"dial_host": "203.0.113.9", "credentials": '{username: "ac#ct", password: "secret-1"}'},
+     "credentials.username", "a SIP user name is"),
+    ({"dial_host": "203.0.113.9", "credentials": '{username: "u1", password: 12345678}'},
+     "credentials.password", "a password is text: quote it"),
 ])
 def test_incomplete_or_bad_credentials_are_config_errors(
     keys: dict[str, str], where: str, message: str
