@@ -7,7 +7,8 @@ Three AGI steps on the calling channel (dialplan/omnicc.conf [omnicc-from-agent]
   dialled number is checked and routed (Tenant.plan_outbound); refused numbers end with
   OMNICC_STATUS=ERROR and a cause (484 invalid, 404 no route, 403 do-not-call) and nothing
   is dialled. Otherwise the first trunk of the route with a free channel is chosen:
-  OMNICC_DEST=outbound, OMNICC_DIAL, OMNICC_OUTBOUND_TRUNK. forward_call
+  OMNICC_DIAL, OMNICC_OUTBOUND_TRUNK, and only then OMNICC_DEST=outbound (a transfer
+  whose trunks are all full is not sent out: it goes back to its agent). forward_call
   (agi/handlers/forward_call.py) hands a forwarded call to OutboundCalls.forward(): the
   same, from the destination (omnicc/outbound_call.py forward_plan), with no agent;
   OMNICC_OUTBOUND_FOR names the destination for the next steps.
@@ -20,9 +21,18 @@ Three AGI steps on the calling channel (dialplan/omnicc.conf [omnicc-from-agent]
   and decide_after_dial() say whether the next trunk is tried (OMNICC_OUTBOUND_NEXT=dial
   and a new OMNICC_DIAL) or the call ends with OMNICC_CAUSE (busy 486 stays busy: never
   another carrier).
-- `outbound_end?tenant=&trunk=[&channel=]` from the hang-up handler: the trunk channel is
-  released (the trunk's own leg names the calling channel's uniqueid when an attended
-  transfer kept it up after the agent's channel ended).
+- `outbound_end?tenant=&trunk=[&channel=]` from a hang-up handler: the trunk channel is
+  released. The trunk's own leg gives it back when it ends, naming the calling channel's
+  uniqueid (`channel`): whatever the calling channel became meanwhile (an attended
+  transfer hangs it up while the leg carries the customer on, with the same linkedid or
+  another). The calling channel's handler gives back only a channel no leg holds.
+
+Who gives a counted channel back (docs/routing.md "Channel limits"): the calling channel
+holds it from acquire on, named by OMNICC_OUTBOUND_HELD. Before the first acquire the AGI
+pushes the calling channel's hang-up handler (omnicc-outbound-hangup), so a hang-up
+anywhere after it (in this AGI, or in the dialplan before Dial()) releases; an exception
+in the AGI after an acquire releases at once. outbound_result releases after each Dial()
+and clears OMNICC_OUTBOUND_HELD; the trunk leg that Dial() created releases when it ends.
 
 The plan is made again from the config at each step, never carried in channel variables
 a caller could influence. Trunks with max_channels are counted across all Asterisk nodes
@@ -66,6 +76,9 @@ log = logging.getLogger("omnicc.agi.outbound")
 
 # What an event shows of a dialled string (one refused may be hundreds of characters).
 SHOWN_DIALLED = 64
+# The calling channel's hang-up handler (dialplan/omnicc.conf): gives back the trunk
+# channel OMNICC_OUTBOUND_HELD names, unless the trunk's answered leg will.
+OUTBOUND_HANGUP_HANDLER = "omnicc-outbound-hangup,s,1"
 
 
 @dataclass(frozen=True)
@@ -140,11 +153,17 @@ class HeldTrunkChannels:
         renewed = 0
         for (tenant, trunk), channels in list(self._held.items()):
             if channels:
-                renewal = await self._store.renew_many(tenant, trunk, sorted(channels))
-                renewed += len(channels)
+                sent = sorted(channels)
+                renewal = await self._store.renew_many(tenant, trunk, sent)
+                renewed += len(sent)
                 if renewal.lapsed:
                     log.warning("trunk %s/%s: leases of %s had lapsed; counted again",
                                 tenant, trunk, ", ".join(renewal.lapsed))
+                # A channel released while the renewal was in flight may have been
+                # removed before the renewal (another connection) counted it again:
+                # removed once more, it does not stay counted for a whole lease.
+                for channel in set(sent) - self.held(tenant, trunk):
+                    await self._store.release(tenant, trunk, channel)
         return renewed
 
     async def run(self) -> None:
@@ -181,18 +200,21 @@ class OutboundCalls:
         return tenant.plan_outbound(dialled, listed.__contains__) if listed else plan
 
     async def start(self, session: AGISession, tenant: Tenant, agent: str,
-                    dialled: str, queue: str = "") -> None:
+                    dialled: str, queue: str = "") -> bool:
         """Agent `agent` (checked by the caller of this) dialled `dialled`; `queue`: the
-        queue whose caller_id applies (a transfer of one of its calls), "" none."""
+        queue whose caller_id applies (a transfer of one of its calls), "" none. True when
+        a trunk takes the call (OMNICC_DEST=outbound, OMNICC_STATUS=OK); False when it is
+        refused or no trunk can take it (OMNICC_STATUS=ERROR, OMNICC_CAUSE)."""
         req = session.request
         common = {"uniqueid": req.uniqueid, "agent": agent, "channel": req.channel}
-        await self._go_out(session, tenant, dialled, None, queue, common)
+        return await self._go_out(session, tenant, dialled, None, queue, common)
 
     async def forward(self, session: AGISession, tenant: Tenant, forward: str,
-                      queue: str = "") -> None:
+                      queue: str = "") -> bool:
         """An inbound call sent out again to `forward` (external:NUMBER or pbx:EXT@TRUNK,
         one of the tenant's own destinations: Tenant.forward_destinations), no agent;
-        `queue`: the queue the call came through, whose caller_id applies."""
+        `queue`: the queue the call came through, whose caller_id applies. True as
+        start()."""
         req = session.request
         common = {"uniqueid": req.uniqueid, "agent": "", "channel": req.channel,
                   "forward": forward[:SHOWN_DIALLED]}
@@ -201,13 +223,13 @@ class OutboundCalls:
             log.error("call %s: %r is no forward destination of tenant %s", req.uniqueid,
                       forward, tenant.name)
             await _fail(session, f"{forward!r} is no forward destination", Q850_NO_CIRCUIT)
-            return
+            return False
         dest = Destination.parse(forward)
-        await self._go_out(session, tenant, dest.target, dest, queue, common)
+        return await self._go_out(session, tenant, dest.target, dest, queue, common)
 
     async def _go_out(self, session: AGISession, tenant: Tenant, dialled: str,
                       forward: Destination | None, queue: str,
-                      common: dict[str, str]) -> None:
+                      common: dict[str, str]) -> bool:
         req = session.request
         shown = dialled[:SHOWN_DIALLED]
         try:
@@ -220,7 +242,7 @@ class OutboundCalls:
             await self._events.append(tenant.name, "outbound_refused", dialled=shown,
                                       refusal=exc.refusal.value, reason=str(exc), **common)
             await _fail(session, str(exc), REFUSAL_CAUSES[exc.refusal])
-            return
+            return False
         except RedisError as exc:
             # Never dialled unchecked; nothing was dialled, so another node may try.
             log.error("outbound call %s: cannot check the do-not-call list: %s",
@@ -229,27 +251,40 @@ class OutboundCalls:
                                       reason="redis_error", **common)
             await _fail(session, f"cannot check the do-not-call list: {exc}",
                         Q850_NO_CIRCUIT)
-            return
+            return False
         except ValueError as exc:  # a PBX trunk gone: the config checked it at load
             log.error("call %s: %s", req.uniqueid, exc)
             await _fail(session, str(exc), Q850_NO_CIRCUIT)
-            return
+            return False
         origin = CallOrigin(caller=own_number(req.callerid), forwarded=forward is not None,
                             queue_caller_id=self._queue_caller_id(tenant, queue))
         await self._events.append(
             tenant.name, "outbound_routed", dialled=plan.dialled, route=plan.route,
             number=plan.number, trunks=",".join(plan.trunks), caller_id=plan.caller_id,
             emergency="1" if plan.emergency else "0", queue=queue, **common)
-        await session.set_variable("OMNICC_DEST", "outbound")
         # What outbound_result needs to make the same choices again at the next trunk.
         await session.set_variable("OMNICC_CALLER_NUM", origin.caller)
         if forward is not None:
             await session.set_variable("OMNICC_OUTBOUND_FOR", str(forward))
         if queue:
             await session.set_variable("OMNICC_OUTBOUND_QUEUE", queue)
-        if await self._dial_first_free(session, tenant, plan, plan.trunks, common, origin,
-                                       origin.caller):
-            await session.set_variable("OMNICC_STATUS", "OK")
+        if self._counts_channels(tenant, plan):
+            # Before any channel is counted: from here on the channel's hang-up, wherever
+            # it comes (this AGI, the dialplan before Dial()), gives back what it holds.
+            await session.set_variable("CHANNEL(hangup_handler_push)",
+                                       OUTBOUND_HANGUP_HANDLER)
+        # OMNICC_DEST only once a trunk took the call: a transfer that finds none goes
+        # back to its agent instead (agi/handlers/transfer.py).
+        return await self._dial_first_free(
+            session, tenant, plan, plan.trunks, common, origin, origin.caller,
+            then=(("OMNICC_DEST", "outbound"), ("OMNICC_STATUS", "OK")))
+
+    def _counts_channels(self, tenant: Tenant, plan: OutboundPlan) -> bool:
+        """Whether a trunk of `plan` may hold a counted channel."""
+        if self._channels is None:
+            return False
+        return any((trunk := tenant.trunk(name)) is not None and trunk.max_channels
+                   for name in plan.trunks)
 
     def _queue_caller_id(self, tenant: Tenant, queue: str) -> str:
         found = tenant.queue(queue) if queue else None
@@ -287,7 +322,10 @@ class OutboundCalls:
             await self._release(tenant, trunk, req.uniqueid)
             await _stop(session, Q850_TRUNKS_FAILED)
             return
-        await self._release(tenant, trunk, req.uniqueid)
+        if await self._release(tenant, trunk, req.uniqueid):
+            # Given back: the hang-up handler has nothing left to (the next trunk's
+            # acquire names its own).
+            await session.set_variable("OMNICC_OUTBOUND_HELD", "")
 
         tech_cause, trunk_cause = await _trunk_causes(session, tenant.name, trunk)
         sip_code = sip_code_from_cause(tech_cause)
@@ -312,9 +350,8 @@ class OutboundCalls:
             current = trunk_caller_id(tried, plan, caller=origin.caller,
                                       forwarded=origin.forwarded,
                                       queue_caller_id=origin.queue_caller_id).number
-            if await self._dial_first_free(session, tenant, plan, remaining, common, origin,
-                                           current):
-                await session.set_variable("OMNICC_OUTBOUND_NEXT", "dial")
+            await self._dial_first_free(session, tenant, plan, remaining, common, origin,
+                                        current, then=(("OMNICC_OUTBOUND_NEXT", "dial"),))
             return
         if decision.step is NextStep.TRY_NEXT_TRUNK:
             await self._events.append(tenant.name, "outbound_failed", route=plan.route,
@@ -333,14 +370,18 @@ class OutboundCalls:
     async def _dial_first_free(self, session: AGISession, tenant: Tenant,
                                plan: OutboundPlan, candidates: tuple[str, ...],
                                common: dict[str, str], origin: CallOrigin,
-                               current_number: str) -> bool:
+                               current_number: str,
+                               then: tuple[tuple[str, str], ...] = ()) -> bool:
         """Sets OMNICC_DIAL for the first of `candidates` with a free channel, and
         CALLERID(num) to that trunk's caller ID when it is not `current_number` already,
-        and says True; else ends the call with 503 (no circuit) and says False."""
+        then the variables `then` names, and says True; else ends the call with 503 (no
+        circuit) and says False. A channel counted here is given back at once when
+        anything after its acquire fails or the channel hangs up meanwhile."""
         channel = session.request.uniqueid
         for trunk_name in candidates:
             trunk = tenant.trunk(trunk_name)
             assert trunk is not None  # the config refuses routes naming unknown trunks
+            held = False
             if trunk.max_channels and self._channels is not None:
                 try:
                     grant = await self._channels.acquire(
@@ -367,24 +408,33 @@ class OutboundCalls:
                             trunk=trunk.name, in_use=str(grant.in_use),
                             limit=str(grant.limit), **common)
                         continue
+                    held = True
             caller_id = trunk_caller_id(trunk, plan, caller=origin.caller,
                                         forwarded=origin.forwarded,
                                         queue_caller_id=origin.queue_caller_id)
             try:
-                # Set at once: the hang-up handler releases what this names.
+                if held:
+                    # Set at once: the calling channel's hang-up handler gives back what
+                    # this names (the handler was pushed before: _go_out).
+                    await session.set_variable("OMNICC_OUTBOUND_HELD", trunk.name)
                 await session.set_variable("OMNICC_OUTBOUND_TRUNK", trunk.name)
                 if caller_id.number != current_number:
                     # Configured numbers were checked at load; the caller's own is put back.
                     await session.set_variable("CALLERID(num)", caller_id.number)
                 await session.set_variable("OMNICC_DIAL",
                                            trunk_dial(tenant.name, trunk.name, plan.number))
+                await self._events.append(tenant.name, "outbound_trunk_dialled",
+                                          route=plan.route, trunk=trunk.name,
+                                          number=plan.number, caller_id=caller_id.number,
+                                          caller_id_source=caller_id.source.value, **common)
+                for name, value in then:
+                    await session.set_variable(name, value)
             except BaseException:
-                await self._release(tenant, trunk.name, channel)
+                # A hang-up (AGIHangup) or a failure before the dialplan could Dial():
+                # nothing else would give this channel back while this node renews it.
+                if held:
+                    await self._release(tenant, trunk.name, channel)
                 raise
-            await self._events.append(tenant.name, "outbound_trunk_dialled",
-                                      route=plan.route, trunk=trunk.name,
-                                      number=plan.number, caller_id=caller_id.number,
-                                      caller_id_source=caller_id.source.value, **common)
             return True
         await self._events.append(tenant.name, "outbound_failed", route=plan.route,
                                   reason="no_free_trunk", **common)
@@ -394,15 +444,17 @@ class OutboundCalls:
                     Q850_TRUNKS_FAILED)
         return False
 
-    async def _release(self, tenant: Tenant, trunk_name: str, channel: str) -> None:
+    async def _release(self, tenant: Tenant, trunk_name: str, channel: str) -> bool:
+        """Gives back `channel` on the trunk (idempotent); whether the trunk is counted."""
         trunk = tenant.trunk(trunk_name)
         if trunk is None or not trunk.max_channels or self._channels is None:
-            return
+            return False
         try:
             await self._channels.release(tenant.name, trunk.name, channel)
         except RedisError as exc:
             # Its lease ends it in time (this node no longer renews it).
             log.error("trunk %s: cannot release channel %s: %s", trunk.name, channel, exc)
+        return True
 
 
 async def _trunk_causes(session: AGISession, tenant: str,

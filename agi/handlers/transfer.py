@@ -11,9 +11,10 @@ checked and looked up in the channel's tenant only (omnicc/transfer.py): the ans
 the same as an inbound route's, and the dialplan carries it out at omnicc-from-kamailio's
 `route` label. Any other number goes out by the
 tenant's outbound routes as if the agent had dialled it (agi/handlers/outbound_call.py:
-checked, routed, OMNICC_DEST=outbound, carried out at omnicc-from-agent's `outbound`
-label), when the tenant has outbound routes and the transferring agent is one of its
-agents. Either way
+checked, routed, OMNICC_DEST=outbound once a trunk took it, carried out at
+omnicc-from-agent's `outbound` label), when the tenant has outbound routes and the
+transferring agent is one of its agents; when every trunk is full (or Redis fails) the
+transfer is refused and the caller goes back to the agent. Either way
 a `call_transferred` event says who transferred which call to what, and the outcome.
 
 Attended transfers (REFER with Replaces) are carried out by Asterisk alone; the hang-up
@@ -93,15 +94,23 @@ class Transfer:
             except (OutboundRefused, RedisError) as refused:
                 await self._refuse_outbound(session, tenant, target, refused, common)
                 return
-            await self._events.append(tenant.name, "call_transferred", outcome="routed",
-                                      destination="outbound", **common)
-            await self._end_queue_call(session, tenant, queue_call, from_agent)
             # What omnicc-from-agent's outbound label and outbound_result read.
             await session.set_variable("OMNICC_DID", target)
             await session.set_variable("OMNICC_AGENT_FROM", from_agent)
             # A queue call goes out with its queue's caller_id, when it has one.
-            await self._outbound.start(session, tenant, from_agent, target,
-                                       queue=common.get("from_queue", ""))
+            if not await self._outbound.start(session, tenant, from_agent, target,
+                                              queue=common.get("from_queue", "")):
+                # Every trunk full, or Redis failed (outbound_failed says which): nothing
+                # was dialled, and the caller goes back to the agent, not hung up on.
+                await self._events.append(
+                    tenant.name, "call_transferred", outcome="refused",
+                    reason="no trunk of the outbound route could take the call",
+                    returned_to=self._returnable(tenant, from_agent), **common)
+                await self._return_to_agent(session, tenant, from_agent)
+                return
+            await self._events.append(tenant.name, "call_transferred", outcome="routed",
+                                      destination="outbound", **common)
+            await self._end_queue_call(session, tenant, queue_call, from_agent)
             return
         except RoutingError as exc:
             await self._refuse(session, tenant_name, target, exc, common)

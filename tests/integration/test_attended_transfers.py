@@ -19,8 +19,10 @@ up) instead of when the caller hangs up.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,17 @@ from omnicc.events import read_events
 from omnicc.keys import agent_hash, trunk_channels
 from omnicc.sipp import SippRun
 
-from .conftest import SERVICES_TEMPLATE, TRUNK_IP, RunningStack, free_ports, stack_up
+from .conftest import (
+    DOMAIN,
+    SERVICES_TEMPLATE,
+    TRUNK_IP,
+    RunningStack,
+    free_ports,
+    stack_up,
+)
 from .queue_agents import wait_until
-from .test_first_call import agent_online, now_id
+from .raw_agent import RawAgent
+from .test_first_call import PASSWORDS, agent_online, now_id
 from .test_transfers import BRIDGED, invites, transferring_agent, transfers_since
 
 pytestmark = pytest.mark.integration
@@ -159,6 +169,77 @@ def test_an_attended_transfer_to_an_outside_number_bridges_the_caller_with_the_c
     # The consultation is the agent's outbound call.
     assert transfer["consultation"] == outbound["uniqueid"] != routed["uniqueid"]
     assert (transfer["route"], transfer["number"]) == ("national", "+345551234")
+
+
+def test_an_outbound_call_transferred_to_a_consulted_agent_keeps_its_trunk_channel(
+    stack: RunningStack, sipp_dir: Path
+) -> None:
+    """The agent's call to the customer is the older call; its consultation with agent
+    1002 (a supervisor) the newer; 1001 transfers the customer to 1002. Asterisk gives the
+    merged bridge the older linkedid, so the customer's trunk leg keeps its own: the trunk
+    channel must stay counted while the customer talks with 1002 (1001's channel has hung
+    up by then), and be given back when the trunk leg ends."""
+    since = now_id()
+    r = stack.redis()
+    channels = trunk_channels("default", "carrier-out")
+
+    def events() -> list[dict]:
+        return read_events(r, "default", since=since)
+
+    carrier = outside_carrier(stack, sipp_dir)
+    supervisor = RawAgent(("127.0.0.1", stack.config.services.kamailio.port), "1002",
+                          PASSWORDS["1002"], DOMAIN)
+    try:
+        assert supervisor.register() == 200
+        with transferring_agent(stack) as alice:
+            customer = alice.call("95551234")  # answered by the carrier: the older call
+            (outbound,) = [e for e in events() if e["event"] == "outbound_routed"]
+            assert r.zscore(channels, outbound["uniqueid"]) is not None
+            time.sleep(BRIDGED)
+            with ThreadPoolExecutor(1) as pool:
+                answering = pool.submit(supervisor.answer, 20.0)
+                consultation = alice.call("1002")
+                supervisor_leg = answering.result(timeout=25)
+            time.sleep(BRIDGED)
+            reply = alice.refer(customer, alice.replaces(consultation))
+            assert reply.status == 202, reply.first_line
+            assert alice.wait_for_outcome(customer) == "SIP/2.0 200 OK"
+            alice.finish(customer)
+            alice.finish(consultation)
+
+            def ended(uniqueid: str) -> bool:
+                return any(e["event"] == "call_ended" and e.get("uniqueid") == uniqueid
+                           for e in events())
+
+            # 1001's channel to the customer has hung up (its hang-up handlers ran, the
+            # last one logs call_ended); the customer talks on with 1002 over the trunk.
+            assert wait_until(lambda: ended(outbound["uniqueid"]), 10)
+            assert r.zscore(channels, outbound["uniqueid"]) is not None
+            assert carrier.proc is not None and carrier.proc.poll() is None
+            # 1002 hangs up: Asterisk ends the customer's trunk leg (BYE to the carrier).
+            supervisor.hang_up(supervisor_leg)
+            assert carrier.wait(timeout=15) == 0, carrier.trace()
+    finally:
+        carrier.stop()
+        with contextlib.suppress(Exception):
+            supervisor.register(expires=0)
+        supervisor.close()
+    # The trunk's leg gave its channel back when it ended.
+    assert wait_until(lambda: r.zscore(channels, outbound["uniqueid"]) is None, 10)
+    assert r.zcard(channels) == 0
+    (invite,) = invites(carrier)
+    assert invite.startswith("INVITE sip:+345551234@127.0.0.140")
+    assert any(line.startswith("BYE ") for line in carrier.first_lines())
+    # Logged when 1002's leg ended: the customer's call (1001's outbound call, the older
+    # linkedid) transferred to 1002 after consulting it.
+    (transfer,) = transfers_since(stack, since)
+    (consulted,) = [e for e in events() if e["event"] == "agent_call_routed"]
+    assert (transfer["kind"], transfer["outcome"], transfer["destination"]) == (
+        "attended", "bridged", "agent")
+    assert (transfer["from_agent"], transfer["target"], transfer["agent"]) == (
+        "1001", "1002", "1002")
+    assert transfer["uniqueid"] == outbound["uniqueid"]
+    assert transfer["consultation"] == consulted["uniqueid"] != outbound["uniqueid"]
 
 
 def test_a_queue_call_transferred_attended_leaves_the_agent_in_wrapup(

@@ -18,7 +18,7 @@ from agi.handlers.outbound_call import (
     OutboundEnd,
     OutboundResult,
 )
-from agi.testing import FakeCallRecord, drive_session, run_async
+from agi.testing import FakeCallRecord, Responder, drive_session, run_async
 from omnicc.channel_limit import ChannelGrant, Renewal
 from omnicc.config import ConfigError, OmniccConfig, parse_config
 from omnicc.events import EventLog
@@ -264,9 +264,11 @@ class Harness:
         self.end = OutboundEnd(self.calls)
 
     def run(self, handler: Any, script: str, params: dict[str, str],
-            variables: dict[str, str] | None = None) -> FakeCallRecord:
+            variables: dict[str, str] | None = None,
+            responder: Responder | None = None) -> FakeCallRecord:
         return run_async(drive_session(handler, script=script, params=params,
-                                       variables=variables or {}, command_timeout=0.5))
+                                       variables=variables or {}, responder=responder,
+                                       command_timeout=0.5))
 
     def dial(self, dialled: str, agent: str = "1001") -> FakeCallRecord:
         return self.run(self.agent_call, "agent_call",
@@ -476,3 +478,163 @@ def test_the_server_answers_the_outbound_scripts_when_it_counts_channels(
     assert isinstance(routes["outbound_result"], OutboundResult)
     assert isinstance(routes["outbound_end"], OutboundEnd)
     assert isinstance(routes["agent_call"], AgentCall)
+
+
+# ------------------------------------------------------- who gives a counted channel back
+
+
+def set_command(record: FakeCallRecord, name: str) -> int:
+    """The index of the first SET VARIABLE `name` the AGI sent."""
+    return next(i for i, words in enumerate(record.commands)
+                if words[:3] == ("SET", "VARIABLE", name))
+
+
+def hangs_up_at(name: str, value: str | None = None):
+    """A fake Asterisk whose caller hangs up just as SET VARIABLE `name` (`value`) arrives:
+    the HANGUP line, then the command's reply, as Asterisk writes them."""
+    def responder(words: tuple[str, ...]) -> str | None:
+        if words[:3] == ("SET", "VARIABLE", name) and value in (None, words[3]):
+            return "HANGUP\n200 result=1"
+        return None
+    return responder
+
+
+def test_the_hangup_handler_is_pushed_before_a_channel_is_counted(harness: Harness) -> None:
+    record = harness.dial("95551234")
+    assert record.variables["CHANNEL(hangup_handler_push)"] == "omnicc-outbound-hangup,s,1"
+    assert record.variables["OMNICC_OUTBOUND_HELD"] == "carrier-a"
+    assert (set_command(record, "CHANNEL(hangup_handler_push)")
+            < set_command(record, "OMNICC_OUTBOUND_HELD")
+            < set_command(record, "OMNICC_DIAL"))
+    assert harness.channels("carrier-a") == {UNIQUEID}
+
+
+def test_a_route_without_counted_trunks_pushes_no_handler_and_holds_nothing(
+    harness: Harness,
+) -> None:
+    record = harness.dial("5123")  # route local: carrier-b, no max_channels
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/5123@trunk.acme.carrier-b"
+    assert "CHANNEL(hangup_handler_push)" not in record.variables
+    assert "OMNICC_OUTBOUND_HELD" not in record.variables
+
+
+@pytest.mark.parametrize("hung_up_at", [
+    "OMNICC_OUTBOUND_HELD", "OMNICC_OUTBOUND_TRUNK", "CALLERID(num)", "OMNICC_DIAL",
+    "OMNICC_DEST", "OMNICC_STATUS",
+])
+def test_a_caller_hanging_up_after_the_acquire_gives_the_channel_back(
+    harness: Harness, hung_up_at: str
+) -> None:
+    from agi.protocol import AGIHangup
+
+    with pytest.raises(AGIHangup):
+        harness.run(harness.agent_call, "agent_call",
+                    {"tenant": "acme", "agent": "1001", "dialled": "95551234"},
+                    responder=hangs_up_at(hung_up_at))
+    assert harness.channels("carrier-a") == set()
+    # Not renewed for ever by this node either.
+    assert harness.held.held("acme", "carrier-a") == frozenset()
+
+
+def test_an_event_log_failure_after_the_acquire_gives_the_channel_back(
+    harness: Harness,
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def failing_append(tenant: str, event: str, **fields: Any) -> str:
+        if event == "outbound_trunk_dialled":
+            raise RedisConnectionError("Connection reset by peer")
+        return "1-0"
+
+    harness.events.append = failing_append  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError):
+        harness.dial("95551234")
+    assert harness.channels("carrier-a") == set()
+    assert harness.held.held("acme", "carrier-a") == frozenset()
+
+
+def test_a_hangup_while_the_next_trunk_is_chosen_gives_that_channel_back(
+    config: OmniccConfig,
+) -> None:
+    from agi.protocol import AGIHangup
+
+    # Both trunks counted: the failover's acquire of carrier-b is the one at stake.
+    text = CONFIG.replace("dial_host: sip.carrier-b.example}",
+                          "dial_host: sip.carrier-b.example, max_channels: 5}")
+    harness = Harness(parse_config(text))
+    harness.dial("95551234")
+    channel = "PJSIP/trunk.acme.carrier-a-00000007"
+    with pytest.raises(AGIHangup):
+        harness.run(harness.result, "outbound_result",
+                    {"tenant": "acme", "agent": "1001", "dialled": "95551234",
+                     "trunk": "carrier-a", "dialstatus": "CHANUNAVAIL"},
+                    {"HANGUPCAUSE_KEYS()": channel,
+                     f"HANGUPCAUSE({channel},tech)": "SIP 503 Service Unavailable"},
+                    responder=hangs_up_at("OMNICC_OUTBOUND_NEXT"))
+    assert harness.channels("carrier-a") == set()
+    assert harness.channels("carrier-b") == set()
+    assert harness.held.held("acme", "carrier-b") == frozenset()
+
+
+def test_outbound_result_gives_the_channel_back_and_clears_what_the_handler_reads(
+    harness: Harness,
+) -> None:
+    harness.dial("95551234")
+    record = harness.after("95551234", "carrier-a", "ANSWER")
+    assert record.variables["OMNICC_OUTBOUND_HELD"] == ""  # the hang-up handler: no AGI
+    assert harness.channels("carrier-a") == set()
+    # A failover to a counted trunk names that one instead (set after the clearing).
+    harness.dial("95551234")
+    record = harness.after("95551234", "carrier-a", "CHANUNAVAIL",
+                           tech="SIP 503 Service Unavailable")
+    assert record.variables["OMNICC_OUTBOUND_HELD"] == ""  # carrier-b is not counted
+    assert record.variables["OMNICC_OUTBOUND_NEXT"] == "dial"
+
+
+def test_every_trunk_full_sets_no_destination(harness: Harness) -> None:
+    text = CONFIG.replace("trunks: [carrier-b]}", "trunks: [carrier-a]}")
+    other = Harness(parse_config(text))
+    other.store.in_use[("acme", "carrier-a")] = {"other-call"}
+    record = other.dial("5123")
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert "OMNICC_DEST" not in record.variables
+    assert "OMNICC_OUTBOUND_HELD" not in record.variables
+    assert other.channels("carrier-a") == {"other-call"}
+
+
+def test_the_trunk_leg_and_the_calling_channel_both_releasing_count_it_once(
+    harness: Harness,
+) -> None:
+    """The trunk leg's handler names the calling channel (outbound_end channel=); the
+    calling channel's handler may run before or after it: the channel is gone either way
+    and a second release changes nothing (nor another call's channel)."""
+    harness.store.in_use[("acme", "carrier-a")] = set()
+    harness.dial("95551234")
+    harness.run(harness.end, "outbound_end",
+                {"tenant": "acme", "trunk": "carrier-a", "channel": UNIQUEID})
+    assert harness.channels("carrier-a") == set()
+    harness.store.in_use[("acme", "carrier-a")].add("another-call")
+    harness.hangup("carrier-a")
+    assert harness.channels("carrier-a") == {"another-call"}
+
+
+def test_a_channel_released_during_its_renewal_is_not_left_counted(harness: Harness) -> None:
+    """The renewal (one connection) may reach Redis after the release (another) and count
+    the channel again; renew_all removes it once more."""
+    store = harness.store
+
+    async def renew_many_racing_a_release(tenant: str, trunk: str,
+                                          channels: list[str]) -> Renewal:
+        await harness.held.release(tenant, trunk, "c1")  # the call ended meanwhile
+        store.in_use.setdefault((tenant, trunk), set()).update(channels)  # then renewed
+        return Renewal(len(store.in_use[(tenant, trunk)]), ())
+
+    async def scenario() -> None:
+        await harness.held.acquire("acme", "carrier-a", "c1", 5)
+        await harness.held.acquire("acme", "carrier-a", "c2", 5)
+        store.renew_many = renew_many_racing_a_release  # type: ignore[method-assign]
+        await harness.held.renew_all()
+
+    asyncio.run(scenario())
+    assert harness.channels("carrier-a") == {"c2"}
+    assert harness.held.held("acme", "carrier-a") == {"c2"}

@@ -145,3 +145,29 @@ def test_a_transfer_to_a_do_not_call_number_is_refused_and_returns_to_the_agent(
     assert (event["outcome"], event["returned_to"]) == ("refused", "1002")
     (refused,) = [e.fields for e in events.events if e.event == "outbound_refused"]
     assert (refused["refusal"], refused["agent"]) == ("do_not_call", "1002")
+
+
+def test_a_queue_call_whose_trunks_are_full_stays_the_agents_call(config: OmniccConfig) -> None:
+    """No trunk can take the transfer: the caller goes back to 1002, whose ACD call it
+    still is (not ended: 1002 does not go into wrap-up while it talks with the caller)."""
+    from agi.handlers.outbound_call import HeldTrunkChannels
+
+    from .test_outbound_call import MemoryChannels
+
+    counted = parse_config(CONFIG.replace("dial_host: 192.0.2.1}",
+                                          "dial_host: 192.0.2.1, max_channels: 1}"))
+    store = MemoryChannels()
+    store.in_use[("acme", "carrier")] = {"another-call"}
+    acd = MemoryAcd(status("1002"))
+    events = MemoryEventLog()
+    handler = Transfer(counted, as_event_log(events),
+                       OutboundCalls(counted, as_event_log(events),
+                                     HeldTrunkChannels(store)), acd)
+    variables = run_handler(handler, "transfer", {"tenant": "acme", "target": "95551234",
+                                                  "agent": "", "call": CALL}).variables
+    assert (variables["OMNICC_STATUS"], variables["OMNICC_DEST"]) == ("ERROR", "agent")
+    assert variables["OMNICC_DIAL"] == "PJSIP/kamailio/sip:1002@acme.example"
+    assert acd.ended == []
+    assert "OMNICC_QCALL" not in variables
+    (event,) = transferred(events)
+    assert (event["outcome"], event["returned_to"]) == ("refused", "1002")

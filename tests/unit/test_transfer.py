@@ -192,3 +192,68 @@ def test_an_outside_number_without_route_or_agent_dials_nothing(
     transferred = [e for e in events.events if e.event == "call_transferred"]
     assert [(e.fields["outcome"], e.fields["returned_to"]) for e in transferred] == [
         ("refused", agent)]
+
+
+def counted_transfer(store: object, events: MemoryEventLog, target: str = "95551234"):
+    """A transfer to an outside number whose one trunk counts its channels in `store`."""
+    from agi.handlers.outbound_call import HeldTrunkChannels
+
+    config = parse_config(CONFIG.replace("dial_host: 192.0.2.1}",
+                                         "dial_host: 192.0.2.1, max_channels: 1}"))
+    outbound = OutboundCalls(config, as_event_log(events),
+                             HeldTrunkChannels(store))  # type: ignore[arg-type]
+    handler = Transfer(config, as_event_log(events), outbound)
+    return run_handler(handler, "transfer", {"tenant": "acme", "target": target,
+                                             "agent": "1001"})
+
+
+def test_a_transfer_out_when_every_trunk_is_full_goes_back_to_the_agent() -> None:
+    from .test_outbound_call import MemoryChannels
+
+    store = MemoryChannels()
+    store.in_use[("acme", "carrier")] = {"another-call"}
+    events = MemoryEventLog()
+    record = counted_transfer(store, events)
+    # The dialplan's refused label: error beep, then the agent is dialled again; not
+    # OMNICC_DEST=outbound, which would end the call with 42 instead.
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert record.variables["OMNICC_DEST"] == "agent"
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/kamailio/sip:1001@acme.example"
+    assert record.variables["OMNICC_DID"] == "1001"
+    assert store.in_use[("acme", "carrier")] == {"another-call"}
+    names = [e.event for e in events.events]
+    assert "outbound_trunk_full" in names and "outbound_failed" in names
+    transferred = [e.fields for e in events.events if e.event == "call_transferred"]
+    assert [(e["outcome"], e["returned_to"]) for e in transferred] == [("refused", "1001")]
+
+
+def test_a_transfer_out_when_redis_cannot_count_goes_back_to_the_agent() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from .test_outbound_call import MemoryChannels
+
+    class DownChannels(MemoryChannels):
+        async def acquire(self, *args: object, **kwargs: object):  # type: ignore[override]
+            raise RedisConnectionError("Connection refused")
+
+    events = MemoryEventLog()
+    record = counted_transfer(DownChannels(), events)
+    assert record.variables["OMNICC_STATUS"] == "ERROR"
+    assert record.variables["OMNICC_DEST"] == "agent"
+    assert record.variables["OMNICC_DIAL"] == "PJSIP/kamailio/sip:1001@acme.example"
+    transferred = [e.fields for e in events.events if e.event == "call_transferred"]
+    assert [(e["outcome"], e["returned_to"]) for e in transferred] == [("refused", "1001")]
+
+
+def test_a_transfer_out_with_a_free_channel_holds_it_for_the_call() -> None:
+    from .test_outbound_call import MemoryChannels
+
+    store = MemoryChannels()
+    events = MemoryEventLog()
+    record = counted_transfer(store, events)
+    assert record.variables["OMNICC_STATUS"] == "OK"
+    assert record.variables["OMNICC_DEST"] == "outbound"
+    assert record.variables["OMNICC_OUTBOUND_HELD"] == "carrier"
+    assert store.in_use[("acme", "carrier")] == {"1700000000.1"}
+    transferred = [e.fields for e in events.events if e.event == "call_transferred"]
+    assert [(e["outcome"], e["destination"]) for e in transferred] == [("routed", "outbound")]
