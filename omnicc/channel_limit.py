@@ -14,7 +14,9 @@ channel at once get one channel between them.
   session inside Dial() for the whole call, so renewal cannot come from it: each node
   renews all the channels it holds, periodically (every lease/3), in one call per trunk.
   A channel whose lease had lapsed is counted again (it is still up); renew says so.
-- release: removes the channel (from a hangup handler). Releasing twice is harmless.
+- release: removes the channel. Idempotent (a ZREM): the trunk's leg, the calling
+  channel's hang-up handler and outbound_result may each release the same channel
+  (agi/handlers/outbound_call.py says who does when); a second release changes nothing.
 - release_prefix: removes every channel whose id starts with a prefix (a node's name, as
   Asterisk uniqueids carry it) when a node restarts, rather than waiting for the leases.
 - A node that crashes stops renewing: its channels leave the count when their leases end
