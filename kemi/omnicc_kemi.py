@@ -24,7 +24,7 @@ import KSR  # noqa: E402  (provided by app_python3)
 from omnicc.agent_auth import ADMIT_LUA, AgentAuthenticator, AuthFailure  # noqa: E402
 from omnicc.config import load_config  # noqa: E402
 from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
-from omnicc.lean_redis import LeanScript  # noqa: E402
+from omnicc.lean_redis import TrackedAdmission  # noqa: E402
 from omnicc.node_failover import marked_final  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
@@ -79,10 +79,11 @@ class NodeHtables:
         KSR.htable.sht_rm(table, key)
 
 
-def lean_script(url, lua):
-    """The lean client for a redis:// or unix:// URL; None (redis-py's) for others."""
+def lean_admission(url, lua):
+    """The lean, tracking client for a redis:// or unix:// URL; None (redis-py's, a round
+    trip every request) for others."""
     try:
-        return LeanScript(url, lua, timeout=0.5)
+        return TrackedAdmission(url, lua, timeout=0.5)
     except ValueError:
         return None
 
@@ -126,7 +127,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             # of redis-py's CPU); everything rarer uses redis-py.
             self.auth = AgentAuthenticator.from_config(
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client,
-                admit_script=lean_script(url, ADMIT_LUA),
+                admit_script=lean_admission(url, ADMIT_LUA),
             )
             self.guard = EdgeGuard(NodeHtables(), BanList(client, self.config.node),
                                    self.config.security)
@@ -148,26 +149,33 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         return 1
 
     def route_request(self):
-        peer = self.policy.classify(KSR.pv.get("$si"), KSR.pv.geti("$sp"))
+        source_ip = KSR.pv.get("$si")
+        peer = self.policy.classify(source_ip, KSR.pv.geti("$sp"))
         if peer.source is Source.KAMAILIO:
             self.route_from_peer_node()
             return
-        if peer.source is Source.UNTRUSTED and not self.screen_untrusted():
+        if peer.source is Source.UNTRUSTED and not self.screen_untrusted(source_ip):
             return
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
-        if KSR.pv.get("$rm") not in ALLOWED_METHODS:
+        method = KSR.pv.get("$rm")
+        if method not in ALLOWED_METHODS:
             self.method_not_allowed()
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
-            KSR.err("omnicc: malformed request from {}\n".format(KSR.pv.get("$si")))
+            KSR.err(f"omnicc: malformed request from {source_ip}\n")
             return
-        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.pv.is_null("$rU"):
+        if method == "OPTIONS" and KSR.is_myself_ruri() and KSR.pv.is_null("$rU"):
             KSR.sl.sl_send_reply(200, "Keepalive")
             return
 
         KSR.force_rport()
+        if method == "REGISTER":
+            # Answered here, statelessly, and never relayed: no dialog, no transaction to
+            # find, and the Route and internal headers matter only to what is forwarded.
+            self.route_register(peer)
+            return
         if peer.source is not Source.ASTERISK:
             for name in INTERNAL_HEADERS:
                 KSR.hdr.remove(name)
@@ -186,9 +194,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         # An initial request is routed by omnicc, never by Route headers it brought.
         KSR.hdr.remove("Route")
 
-        if KSR.is_REGISTER():
-            self.route_register(peer)
-        elif peer.source is Source.ASTERISK:
+        if peer.source is Source.ASTERISK:
             self.route_to_agent()
         elif peer.source is Source.TRUNK:
             self.route_to_asterisk(peer.tenant.name, trunk=peer.trunk.name)
@@ -225,10 +231,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         KSR.tm.t_on_reply("ksr_reply_from_agent")
         self.relay()
 
-    def screen_untrusted(self):
+    def screen_untrusted(self, ip):
         """Bans, scanners, flood, size: False if the request must go no further. All in
         the node's own memory: a stranger costs no Redis round trip."""
-        ip = KSR.pv.get("$si")
         security = self.config.security
         if self.guard.is_banned(ip):
             return False  # dropped without a reply
@@ -296,7 +301,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         # reachable. (A REGISTER without Contact only asks for the bindings.)
         publish = (f"{self.config.node} {contact_uri(contact_header)}"
                    if contact_header and not leaving else "")
-        identity = self.authenticate("$tU", "$td", publish_contact=publish, ttl=ttl)
+        identity = self.authenticate("$tU", "$td", register=True, publish_contact=publish,
+                                     ttl=ttl)
         if identity is None:
             return
         # An agent behind NAT: register the address it came from, not the one it wrote.
@@ -410,7 +416,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         return 1
 
     # ------------------------------------------------------------------ helpers
-    def authenticate(self, user_pv, domain_pv, *, publish_contact="", ttl=0):
+    def authenticate(self, user_pv, domain_pv, *, register=False, publish_contact="", ttl=0):
         """Authenticate an agent (bearer token or digest), then admit it (not disabled, its
         token not revoked; for a REGISTER its reachability published). Returns its
         identity, or None when a challenge or refusal has been sent."""
@@ -420,7 +426,6 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if tenant is None:
             KSR.sl.sl_send_reply(403, "Forbidden")
             return None
-        register = KSR.is_REGISTER()
         header = KSR.pv.get("$hdr(Authorization)") if register else (
             KSR.pv.get("$hdr(Proxy-Authorization)") or KSR.pv.get("$hdr(Authorization)"))
         credentials = parse_authorization(header)

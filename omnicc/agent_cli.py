@@ -11,7 +11,12 @@ import redis
 from omnicc.acd import AgentStatus
 from omnicc.agent_state import AgentState
 from omnicc.config import load_config
-from omnicc.revocation import disable_agent, enable_agent, is_agent_disabled
+from omnicc.revocation import (
+    NOT_CONFIRMED,
+    disable_agent,
+    enable_agent,
+    is_agent_disabled,
+)
 
 
 def add_agent_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -54,8 +59,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.action in ("login", "logout", "pause", "unpause"):
         return _state_change(client, config.node, tenant.name, args, where)
     if args.action == "disable":
-        disable_agent(client, tenant.name, args.extension, node=config.node)
+        told = disable_agent(client, tenant.name, args.extension, node=config.node)
         print(f"{where} disabled")
+        if not told:
+            print(NOT_CONFIRMED, file=sys.stderr)
     elif args.action == "enable":
         enable_agent(client, tenant.name, args.extension)
         print(f"{where} enabled")

@@ -36,15 +36,20 @@ def parse_authorization(value: str | None) -> Credentials:
     bearer = BEARER_RE.match(value)
     if bearer:
         return Credentials("bearer", bearer.group(1))
-    if value.lstrip().lower().startswith("bearer"):
+    if value.lstrip()[:6].lower() == "bearer":
         return Credentials("malformed")  # "Bearer" with nothing, or with spaces inside
     if DIGEST_RE.match(value):
         return Credentials("digest")
     return Credentials("malformed")
 
 
-# One auth-param of a Digest answer: name=token or name="quoted string" (RFC 7616 3.4).
-_AUTH_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(?:,|$)')
+# One auth-param of a Digest answer: name=token or name="quoted string" (RFC 7616 3.4);
+# the quoted string's loop unrolled, which Python's re runs several times faster.
+_AUTH_VALUE = r'(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^\s,"]*)'
+_AUTH_PARAM_RE = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*(' + _AUTH_VALUE + ')')
+# The whole list: such params, each followed by a comma or the end (checked in one match).
+_AUTH_PARAMS_RE = re.compile(
+    r'(?:\s*[A-Za-z0-9_-]+\s*=\s*' + _AUTH_VALUE + r'\s*(?:,|$))*\s*')
 
 
 def digest_params(value: str) -> dict[str, str] | None:
@@ -54,17 +59,14 @@ def digest_params(value: str) -> dict[str, str] | None:
     if not DIGEST_RE.match(value):
         return None
     rest = value.lstrip()[len("digest"):]
-    params: dict[str, str] = {}
-    position = 0
-    while position < len(rest.rstrip()):
-        found = _AUTH_PARAM_RE.match(rest, position)
-        if found is None or found.end() == position:
-            return None
-        name, text = found.group(1).lower(), found.group(2)
-        if name in params:
-            return None  # a second qop (or anything) is not for us to pick from
-        params[name] = text[1:-1] if text.startswith('"') else text
-        position = found.end()
+    if not _AUTH_PARAMS_RE.fullmatch(rest):
+        return None
+    # The list parsed as a whole, so its params, found left to right, are the ones above.
+    pairs = _AUTH_PARAM_RE.findall(rest)
+    params = {name.lower(): text[1:-1] if text.startswith('"') else text
+              for name, text in pairs}
+    if len(params) != len(pairs):
+        return None  # a second qop (or anything) is not for us to pick from
     return params
 
 

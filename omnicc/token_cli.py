@@ -129,14 +129,16 @@ def _redis(args: argparse.Namespace, config: OmniccConfig) -> Any:
 
 @_reporting_errors
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from omnicc.revocation import revoke_token
+    from omnicc.revocation import NOT_CONFIRMED, revoke_token
 
     config = load_config(args.config)
     tenant = config.tenant(args.tenant) if args.tenant else config.tenants[0]
     if tenant is None:
         raise TokenCommandError(f"no tenant named {args.tenant!r} in {args.config}")
-    revoke_token(_redis(args, config), tenant.name, args.jti, args.seconds)
+    told = revoke_token(_redis(args, config), tenant.name, args.jti, args.seconds)
     print(f"token {args.jti} of tenant {tenant.name} revoked for {args.seconds} s")
+    if not told:
+        print(NOT_CONFIRMED, file=sys.stderr)
     return 0
 
 

@@ -1,16 +1,21 @@
 """omnicc/lean_redis.py against a real redis-server: the admission script gives what
 redis-py gives, survives SCRIPT FLUSH (NOSCRIPT -> EVAL), selects the URL's database,
-authenticates, and turns a Redis that went away into LeanRedisError, then reconnects."""
+authenticates, and turns a Redis that went away into LeanRedisError, then reconnects.
+TrackedAdmission: what it remembers saves round trips, and never outlives a change any
+client makes, a flush, a failed write, a silent or a closed connection."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from omnicc import lean_redis
 from omnicc.agent_auth import ADMIT_LUA
-from omnicc.lean_redis import LeanRedisError, LeanScript
+from omnicc.lean_redis import LeanRedisError, LeanScript, TrackedAdmission
+from omnicc.revocation import wait_until_nodes_told
 from tests.integration.acd_redis import RedisServer, start_redis_server
 
 pytestmark = pytest.mark.integration
@@ -104,3 +109,144 @@ def test_redis_gone_is_an_error_and_the_next_call_reconnects(client: redis.Redis
 def test_an_unsupported_url_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="rediss"):
         LeanScript("rediss://127.0.0.1:6380/0", ADMIT_LUA)
+
+
+# ---------------------------------------------------------------- TrackedAdmission
+CONTACT_VALUE = "node-1 sip:1001@192.0.2.5"
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0))
+
+
+def set_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+
+@pytest.fixture
+def tracked(server: RedisServer, client: redis.Redis) -> Iterator[TrackedAdmission]:
+    client.config_resetstat()
+    admission = TrackedAdmission(server.url, ADMIT_LUA)
+    yield admission
+    admission.close()
+
+
+def test_tracked_admission_answers_as_the_script_does(tracked: TrackedAdmission,
+                                                      client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert client.get(CONTACT) == CONTACT_VALUE
+    client.set(DISABLED, "1")
+    assert wait_until_nodes_told(client)
+    assert tracked(KEYS, ["", 1]) == 1
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 1  # refused, however often it asks
+
+
+def test_an_agent_admitted_before_is_admitted_without_a_round_trip(
+        tracked: TrackedAdmission, client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert evalsha_calls(client) == 1
+    for _ in range(5):
+        assert tracked(KEYS, ["", 1]) == 0  # an INVITE: nothing sent at all
+    assert evalsha_calls(client) == 1
+
+
+def test_a_refreshed_registration_still_extends_the_reachability(
+        tracked: TrackedAdmission, client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0  # the same contact: SET, not waited for
+    assert tracked(KEYS, ["", 1]) == 0  # reads the SET's reply
+    assert evalsha_calls(client) == 1
+    assert set_calls(client) == 2
+    assert 590 <= client.ttl(CONTACT) <= 600
+
+
+def test_a_new_contact_is_published_before_the_answer(tracked: TrackedAdmission,
+                                                      client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert tracked(KEYS, ["node-2 sip:1001@198.51.100.7", 60]) == 0
+    assert evalsha_calls(client) == 2  # waited for: the ACD sees it before the 200 OK
+    assert client.get(CONTACT) == "node-2 sip:1001@198.51.100.7"
+
+
+@pytest.mark.parametrize("flag", [DISABLED, REVOKED])
+def test_a_flag_set_by_anyone_refuses_the_very_next_request(
+        tracked: TrackedAdmission, client: redis.Redis, flag: str) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert tracked(KEYS, ["", 1]) == 0
+    client.set(flag, "1")  # as `omnicc agent disable` / `omnicc token revoke` do ...
+    assert wait_until_nodes_told(client)  # ... before they return
+    assert tracked(KEYS, ["", 1]) == 1
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 1
+    client.delete(flag)
+    assert tracked(KEYS, ["", 1]) == 0
+
+
+def test_a_flushed_database_forgets_every_answer(tracked: TrackedAdmission,
+                                                 client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    client.flushdb()
+    assert wait_until_nodes_told(client)
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert evalsha_calls(client) == 2  # asked again (the script may have been flushed too)
+    assert client.get(CONTACT) == CONTACT_VALUE
+
+
+def test_a_silent_connection_is_not_trusted(tracked: TrackedAdmission, client: redis.Redis,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_redis, "TRACKING_LIVENESS_SECONDS", 0.05)
+    assert tracked(KEYS, ["", 1]) == 0
+    time.sleep(0.1)  # nothing heard from Redis for longer than that
+    assert tracked(KEYS, ["", 1]) == 0
+    assert evalsha_calls(client) == 2
+
+
+def test_a_publish_that_failed_is_not_lost_silently(tracked: TrackedAdmission,
+                                                    client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)  # every write now fails with OOM
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # the SET went without waiting
+        time.sleep(0.2)  # its error reply arrives meanwhile
+        # It is read on the next request, which forgets what it knew and asks.
+        with pytest.raises(LeanRedisError):
+            tracked(KEYS, [CONTACT_VALUE, 60])
+    finally:
+        client.config_set("maxmemory", 0)
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+
+
+def test_redis_gone_is_never_answered_from_memory() -> None:
+    spare = start_redis_server()
+    tracked = TrackedAdmission(spare.url, ADMIT_LUA, timeout=0.5)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        assert tracked(KEYS, ["", 1]) == 0
+        spare.process.kill()
+        spare.process.wait()
+        with pytest.raises(LeanRedisError, match="Redis unavailable"):
+            tracked(KEYS, ["", 1])
+        with pytest.raises(LeanRedisError, match="Redis unavailable"):
+            tracked(KEYS, [CONTACT_VALUE, 60])
+    finally:
+        tracked.close()
+        spare.stop()
+
+
+def test_tracked_admission_authenticates_and_selects_the_database(
+        server: RedisServer, client: redis.Redis) -> None:
+    client.config_set("requirepass", "s3cret")
+    try:
+        tracked = TrackedAdmission(f"redis://:s3cret@{server.host}:{server.port}/3", ADMIT_LUA)
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        other = redis.Redis(host=server.host, port=server.port, db=3, password="s3cret")
+        assert other.get(CONTACT) == CONTACT_VALUE.encode()
+        other.set(DISABLED, "1")  # invalidations come for the URL's database too
+        assert wait_until_nodes_told(other)
+        assert tracked(KEYS, ["", 1]) == 1
+        tracked.close()
+    finally:
+        redis.Redis(host=server.host, port=server.port, password="s3cret").config_set(
+            "requirepass", "")
