@@ -460,9 +460,11 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             self.auth_failed(failure.reason, counts=failure.counts)
             self.challenge(tenant.domain, register, stale=failure.stale)
             return None
-        # Credentials end here: never forwarded to Asterisk or anyone else.
-        KSR.hdr.remove("Authorization")
-        KSR.hdr.remove("Proxy-Authorization")
+        if not register:
+            # Credentials end here: never forwarded to Asterisk or anyone else. (A REGISTER
+            # is never forwarded at all.)
+            KSR.hdr.remove("Authorization")
+            KSR.hdr.remove("Proxy-Authorization")
         return identity
 
     def challenge(self, realm, register, stale=False):
