@@ -83,7 +83,8 @@ def lean_admission(url, lua):
     """The lean, tracking client for a redis:// or unix:// URL; None (redis-py's, a round
     trip every request) for others."""
     try:
-        return TrackedAdmission(url, lua, timeout=0.5)
+        return TrackedAdmission(url, lua, timeout=0.5,
+                                log=lambda message: KSR.warn(f"omnicc: {message}\n"))
     except ValueError:
         return None
 
@@ -107,6 +108,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.clustered = False
         self.node_uri = ""
         self.redis = None
+        self.admission = None
         self._acd = None
 
     def child_init(self, rank):
@@ -122,12 +124,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             import redis
 
             url = os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0")
+            self.admission = lean_admission(url, ADMIT_LUA)
             client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             # The per-request admission goes over a lean connection of its own (a quarter
             # of redis-py's CPU); everything rarer uses redis-py.
             self.auth = AgentAuthenticator.from_config(
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client,
-                admit_script=lean_admission(url, ADMIT_LUA),
+                admit_script=self.admission,
             )
             self.guard = EdgeGuard(NodeHtables(), BanList(client, self.config.node),
                                    self.config.security)
@@ -339,8 +342,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.forget_contact(identity)  # whatever the ACD said, it is unreachable
 
     def forget_contact(self, identity):
+        key = agent_contact(identity.tenant.name, identity.extension)
         try:
-            self.redis.delete(agent_contact(identity.tenant.name, identity.extension))
+            if self.admission is not None:
+                # On the admission's connection: after any refresh of it sent unwaited.
+                self.admission.withdraw(key)
+            else:
+                self.redis.delete(key)
         except Exception:
             KSR.err(f"omnicc: cannot withdraw reachability: {one_line_traceback()}\n")
 

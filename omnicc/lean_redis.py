@@ -13,9 +13,12 @@ it (bench/register_auth.py measures the whole).
   token is still refused on the next request, because the invalidation is read before
   every decision.
 
-RESP3 (HELLO 3, so Redis 6 or later) over TCP or a Unix socket; AUTH and SELECT from the
-URL. Any failure closes the connection, forgets everything cached and raises
-LeanRedisError; the next call connects again. Not thread-safe (one per worker).
+RESP3 over TCP or a Unix socket: AUTH, HELLO 3, SELECT and (for TrackedAdmission) CLIENT
+TRACKING ON NOLOOP when it connects. A server that refuses HELLO 3 or CLIENT TRACKING (Redis
+before 6, an ACL, a proxy) is spoken to without them, and TrackedAdmission then asks on
+every call, as LeanScript does. Any failure closes the connection, forgets everything
+cached and raises LeanRedisError; the next call connects again. Not thread-safe (one per
+worker).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -96,14 +100,21 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
 
 
 _NOTHING = object()  # no whole value in the buffer yet
+# poll() reads at most this much at once; more waiting means the worker fell far behind
+# Redis (a burst of invalidations): it forgets what it knew rather than read on.
+POLL_MAX_BYTES = 1 << 20
+# Servers whose CLIENT TRACKING reports changes to keys read inside Lua scripts.
+TRACKING_SERVERS = ("redis", "valkey")
 
 
 class RespConnection:
     """One RESP3 connection: commands sent with or without waiting for their replies,
-    pushes handed to `on_push`, replies owed to commands not waited for read in order."""
+    pushes handed to `on_push`, the replies owed to commands not waited for handed, in
+    order, to `on_owed_reply` with the label they were sent with."""
 
     def __init__(self, url: str, *, timeout: float = 0.5, tracking: bool = False,
-                 on_push: Callable[[list[Any]], None] | None = None):
+                 on_push: Callable[[list[Any]], None] | None = None,
+                 on_owed_reply: Callable[[Any, Any], None] | None = None):
         parsed = urlparse(url)
         if parsed.scheme not in ("redis", "unix"):
             raise ValueError(f"lean Redis client: unsupported URL scheme {parsed.scheme!r}")
@@ -118,10 +129,15 @@ class RespConnection:
         self._timeout = timeout
         self._tracking = tracking
         self._on_push = on_push
+        self._on_owed_reply = on_owed_reply
         self._sock: socket.socket | None = None
         self._buffer = b""
-        self._owed = 0  # replies to commands sent without waiting, not read yet
-        self._owed_since = 0.0  # when the oldest of them was sent (time.monotonic)
+        self._pos = 0  # where the next value starts in _buffer
+        # (label, when sent) of each command sent without waiting whose reply is not read.
+        self._owed: deque[tuple[Any, float]] = deque()
+        self.lost: list[Any] = []  # labels of owed replies a closed connection never gave
+        self.tracking_active = False  # CLIENT TRACKING accepted on this connection
+        self.setup_note = ""  # why HELLO 3 or CLIENT TRACKING was not taken, if not
         self.last_heard = 0.0  # when Redis last sent anything (time.monotonic)
 
     @property
@@ -134,69 +150,72 @@ class RespConnection:
                 self._sock.close()
             finally:
                 self._sock = None
-        self._buffer = b""
-        self._owed = 0
+        self._buffer, self._pos = b"", 0
+        self.lost.extend(label for label, _ in self._owed)
+        self._owed.clear()
+        self.tracking_active = False
 
     def request(self, command: bytes) -> Any:
-        """Send one command and return its reply (an error reply as LeanRedisError value).
-        Raises OSError/ValueError when the connection fails (and closes it)."""
+        """Send one command and return its reply (an error reply as LeanRedisError value),
+        after the owed replies before it. Raises OSError/ValueError when the connection
+        fails (and closes it); LeanRedisError when connecting is refused."""
         try:
             if self._sock is None:
                 self._connect()
             assert self._sock is not None
             self._sock.sendall(command)
-            self._settle_owed(blocking=True)
+            while self._owed:
+                self._owed_reply(self._next_reply(blocking=True))
             return self._next_reply(blocking=True)
         except (OSError, ValueError):
             self.close()
             raise
 
-    def send_nowait(self, command: bytes, replies: int) -> None:
-        """Send commands whose `replies` are read later (by poll or the next request)."""
+    def send_nowait(self, command: bytes, label: Any) -> None:
+        """Send a command whose reply is read later (by poll or the next request)."""
         assert self._sock is not None
         try:
             self._sock.sendall(command)
         except OSError:
             self.close()
             raise
-        if self._owed == 0:
-            self._owed_since = time.monotonic()
-        self._owed += replies
+        self._owed.append((label, time.monotonic()))
 
-    def owed_for(self, now: float) -> float:
+    def oldest_owed_age(self, now: float) -> float:
         """How long the oldest reply still owed has been awaited (0 if none)."""
-        return now - self._owed_since if self._owed else 0.0
+        return now - self._owed[0][1] if self._owed else 0.0
 
     def poll(self) -> None:
-        """Read whatever Redis has sent, without waiting: pushes and owed replies.
-        Raises OSError/ValueError (and closes) if the connection failed or an owed reply
-        was an error."""
+        """Read whatever Redis has sent, without waiting: pushes and owed replies. Raises
+        OSError/ValueError (and closes) if the connection failed, sent what nobody asked
+        for, or has more than POLL_MAX_BYTES waiting."""
         if self._sock is None:
             return
         try:
-            # os.read: the socket (which has a timeout) is non-blocking underneath, and its
-            # own recv would first wait up to the timeout for data.
-            chunk = os.read(self._sock.fileno(), 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close()
-            raise
-        if not chunk:
-            self.close()
-            raise ConnectionError("Redis closed the connection")
-        self._buffer += chunk
-        self.last_heard = time.monotonic()
-        try:
-            self._settle_owed(blocking=False)
-            # Anything left now is a push (no reply is owed); hand them on.
-            while self._buffer:
+            received = 0
+            while True:
+                # os.read: the socket (which has a timeout) is non-blocking underneath,
+                # and its own recv would first wait up to the timeout for data.
+                try:
+                    chunk = os.read(self._sock.fileno(), 65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    raise ConnectionError("Redis closed the connection")
+                self._append(chunk)
+                received += len(chunk)
+                if received > POLL_MAX_BYTES:
+                    raise ValueError("more than POLL_MAX_BYTES waiting from Redis")
+            while True:
                 value = self._take(blocking=False)
                 if value is _NOTHING:
                     break
-                if not isinstance(value, _Push):
+                if isinstance(value, _Push):
+                    continue
+                if not self._owed:
                     raise ValueError("a Redis reply nobody asked for")
-        except (OSError, ValueError):
+                self._owed_reply(value)
+        except Exception:
             self.close()
             raise
 
@@ -210,44 +229,55 @@ class RespConnection:
             sock = socket.create_connection(self._address, timeout=self._timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        self._buffer = b""
-        self._owed = 0
-        setup = []
+        self._buffer, self._pos = b"", 0
+        self.setup_note = ""
         if self._password is not None:
-            setup.append(("AUTH", _command(*(("AUTH", self._username, self._password)
-                                             if self._username
-                                             else ("AUTH", self._password)))))
-        setup.append(("HELLO", _command("HELLO", "3")))
+            auth = (("AUTH", self._username, self._password) if self._username
+                    else ("AUTH", self._password))
+            self._setup(_command(*auth), "AUTH")
+        hello = self._setup(_command("HELLO", "3"), "HELLO", optional=True)
         if self._db:
-            setup.append(("SELECT", _command("SELECT", self._db)))
-        if self._tracking:
-            # NOLOOP: this connection's own writes send it no invalidation.
-            setup.append(("CLIENT TRACKING", _command("CLIENT", "TRACKING", "ON", "NOLOOP")))
-        sock.sendall(b"".join(command for _, command in setup))
-        for what, _ in setup:
-            reply = self._next_reply(blocking=True)
-            if isinstance(reply, LeanRedisError):
-                self.close()
-                raise LeanRedisError(f"{what}: {reply}")
+            self._setup(_command("SELECT", self._db), "SELECT")
+        if not self._tracking:
+            return
+        if not isinstance(hello, list) or not _tracking_server(hello):
+            self.setup_note = f"no RESP3 client tracking on this server ({_describe(hello)})"
+            return
+        tracking = self._setup(_command("CLIENT", "TRACKING", "ON", "NOLOOP"),
+                               "CLIENT TRACKING", optional=True)
+        self.tracking_active = not isinstance(tracking, LeanRedisError)
+        if not self.tracking_active:
+            self.setup_note = f"CLIENT TRACKING refused: {tracking}"
+
+    def _setup(self, command: bytes, what: str, *, optional: bool = False) -> Any:
+        assert self._sock is not None
+        self._sock.sendall(command)
+        reply = self._next_reply(blocking=True)
+        refused = isinstance(reply, LeanRedisError)
+        # Without credentials nothing works; a server without HELLO 3 still does in RESP2.
+        if refused and (not optional or str(reply).startswith(("NOAUTH", "WRONGPASS"))):
+            self.close()
+            raise LeanRedisError(f"{what}: {reply}")
+        return reply
+
+    def _owed_reply(self, reply: Any) -> None:
+        label, _ = self._owed.popleft()
+        if self._on_owed_reply is not None:
+            self._on_owed_reply(label, reply)
+
+    def _append(self, chunk: bytes) -> None:
+        if self._pos:
+            # What was parsed goes once per read, not once per value.
+            self._buffer, self._pos = self._buffer[self._pos:], 0
+        self._buffer += chunk
+        self.last_heard = time.monotonic()
 
     def _receive(self) -> None:
         assert self._sock is not None
         chunk = self._sock.recv(65536)
         if not chunk:
             raise ConnectionError("Redis closed the connection")
-        self._buffer += chunk
-        self.last_heard = time.monotonic()
-
-    def _settle_owed(self, *, blocking: bool) -> None:
-        while self._owed:
-            reply = self._next_reply(blocking=blocking)
-            if reply is _NOTHING:
-                return
-            self._owed -= 1
-            if self._owed:
-                self._owed_since = time.monotonic()
-            if isinstance(reply, LeanRedisError):
-                raise ValueError(f"a command sent without waiting failed: {reply}")
+        self._append(chunk)
 
     def _next_reply(self, *, blocking: bool) -> Any:
         """The next reply (pushes before it handled); _NOTHING if not blocking and none
@@ -260,28 +290,58 @@ class RespConnection:
     def _take(self, *, blocking: bool) -> Any:
         while True:
             try:
-                value, used = _parse(self._buffer, 0)
+                value, self._pos = _parse(self._buffer, self._pos)
             except _Incomplete:
-                value, used = _NOTHING, 0
-            if value is _NOTHING:
                 if not blocking:
                     return _NOTHING
                 self._receive()
                 continue
-            self._buffer = self._buffer[used:]
             if isinstance(value, _Push) and self._on_push is not None:
                 self._on_push(value)
             return value
 
 
+def _hello_fields(hello: list[Any]) -> dict[str, str]:
+    fields = {}
+    for name, value in zip(hello[::2], hello[1::2], strict=False):
+        if isinstance(name, bytes) and isinstance(value, bytes | str | int):
+            fields[name.decode()] = value.decode() if isinstance(value, bytes) else str(value)
+    return fields
+
+
+def _tracking_server(hello: list[Any]) -> bool:
+    fields = _hello_fields(hello)
+    major = fields.get("version", "0").split(".")[0]
+    return fields.get("server") in TRACKING_SERVERS and major.isdigit() and int(major) >= 6
+
+
+def _describe(hello: Any) -> str:
+    if isinstance(hello, LeanRedisError):
+        return f"HELLO 3 refused: {hello}"
+    fields = _hello_fields(hello) if isinstance(hello, list) else {}
+    return f"server {fields.get('server', '?')} {fields.get('version', '?')}"
+
+
+def _run_script(connection: RespConnection, sha: str, script: str, keys: list[str],
+                args: list[str | int]) -> Any:
+    """EVALSHA, and EVAL when Redis no longer has the script; its reply. Raises
+    LeanRedisError for an error reply or a failed connection."""
+    try:
+        reply = connection.request(_command("EVALSHA", sha, len(keys), *keys, *args))
+        if isinstance(reply, LeanRedisError) and str(reply).startswith("NOSCRIPT"):
+            reply = connection.request(_command("EVAL", script, len(keys), *keys, *args))
+    except (OSError, ValueError) as exc:
+        raise LeanRedisError(f"Redis unavailable: {exc}") from None
+    if isinstance(reply, LeanRedisError):
+        raise reply
+    return reply
 
 
 class LeanScript:
     """One Lua script: call it with keys and args, get its reply (integer or status)."""
 
-    def __init__(self, url: str, script: str, *, timeout: float = 0.5,
-                 connection: RespConnection | None = None):
-        self._connection = connection or RespConnection(url, timeout=timeout)
+    def __init__(self, url: str, script: str, *, timeout: float = 0.5):
+        self._connection = RespConnection(url, timeout=timeout)
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
 
@@ -290,18 +350,7 @@ class LeanScript:
         return self._connection._db
 
     def __call__(self, keys: list[str], args: list[str | int]) -> Any:
-        """Run the script; its reply."""
-        try:
-            reply = self._connection.request(
-                _command("EVALSHA", self._sha, len(keys), *keys, *args))
-            if isinstance(reply, LeanRedisError) and str(reply).startswith("NOSCRIPT"):
-                reply = self._connection.request(
-                    _command("EVAL", self._script, len(keys), *keys, *args))
-        except (OSError, ValueError) as exc:
-            raise LeanRedisError(f"Redis unavailable: {exc}") from None
-        if isinstance(reply, LeanRedisError):
-            raise reply
-        return reply
+        return _run_script(self._connection, self._sha, self._script, keys, args)
 
     def close(self) -> None:
         self._connection.close()
@@ -322,22 +371,31 @@ class TrackedAdmission:
 
     Called as the script is — keys [disabled flag, revoked flag, contact key], args
     [contact to publish ('' for none), TTL] — and answers the same (1 refused, 0
-    admitted). The script reads every key it is given (so Redis tracks them for this
-    connection); afterwards the worker knows the flags were absent and which contact it
-    published. While Redis has sent no invalidation for them, the next admission of the
-    same agent needs no answer from Redis: an INVITE sends nothing, a REGISTER that
-    refreshes the same contact sends the reachability SET (and a read that keeps the key
-    tracked) without waiting for the reply, which is read on a later call. Everything
-    else — a new contact, a key Redis invalidated, a connection silent for
-    TRACKING_LIVENESS_SECONDS — runs the script and waits, as LeanScript does.
+    admitted). The script reads the two flags (so Redis tracks them for this
+    connection); afterwards the worker knows they were absent, and which contact it
+    published. While Redis has sent no invalidation for the flags, the next admission of
+    the same agent needs no answer from Redis: an INVITE sends nothing, a REGISTER whose
+    contact is the one this worker last published sends the reachability SET without
+    waiting for the reply (read on a later call; a failed one is logged and that contact
+    is published with a round trip next time; one a broken connection swallowed is
+    published again with the next round trip). Everything else — a contact new to this
+    worker, an invalidated flag, a connection that closed, was silent for
+    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits, as
+    LeanScript does. `log` receives what went wrong without failing a request.
     """
 
-    def __init__(self, url: str, script: str, *, timeout: float = 0.5):
+    def __init__(self, url: str, script: str, *, timeout: float = 0.5,
+                 log: Callable[[str], None] | None = None):
         self._connection = RespConnection(url, timeout=timeout, tracking=True,
-                                          on_push=self._invalidated)
-        self._script = LeanScript(url, script, connection=self._connection)
+                                          on_push=self._invalidated,
+                                          on_owed_reply=self._owed_reply)
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._log = log or (lambda message: None)
         self._absent: set[str] = set()  # flags the script found absent, still tracked
         self._published: dict[str, tuple[str, float]] = {}  # contact key: (value, expiry)
+        self._republish: dict[str, tuple[str, float]] = {}  # SETs a closed connection lost
+        self._noted = ""
 
     def __call__(self, keys: list[str], args: list[str | int]) -> Any:
         disabled, revoked, contact = keys
@@ -350,17 +408,19 @@ class TrackedAdmission:
             if (known is not None and known[0] == value
                     and known[1] > now + PUBLISHED_MARGIN_SECONDS):
                 try:
-                    self._connection.send_nowait(
-                        _command("SET", contact, value, "EX", ttl), replies=1)
+                    self._connection.send_nowait(_command("SET", contact, value, "EX", ttl),
+                                                 label=(contact, value, now + ttl))
                 except OSError:
-                    self.forget()  # and ask with a round trip below
+                    self._connection_lost()  # and ask with a round trip below
                 else:
                     self._published[contact] = (value, now + ttl)
                     return 0
         if not self._connection.connected:
-            self.forget()  # a new connection tracks nothing yet
-        reply = self._script(keys, args)  # raises LeanRedisError; nothing cached then
-        if reply == 0:
+            self._connection_lost()  # a new connection tracks nothing yet
+        self._republish_lost(now)
+        reply = _run_script(self._connection, self._sha, self._script, keys, args)
+        self._note_setup()
+        if reply == 0 and self._connection.tracking_active:
             if len(self._absent) + len(self._published) >= TRACKED_KEYS_MAX:
                 self.forget()
             self._absent.update((disabled, revoked))
@@ -368,30 +428,78 @@ class TrackedAdmission:
                 self._published[contact] = (value, now + ttl)
         return reply
 
+    def withdraw(self, contact: str) -> None:
+        """Delete a reachability key, after every SET this worker sent for it (same
+        connection, so in order). Raises LeanRedisError."""
+        self._published.pop(contact, None)
+        self._republish.pop(contact, None)
+        try:
+            reply = self._connection.request(_command("DEL", contact))
+        except (OSError, ValueError) as exc:
+            self._connection_lost()
+            raise LeanRedisError(f"Redis unavailable: {exc}") from None
+        if isinstance(reply, LeanRedisError):
+            raise reply
+
     def forget(self) -> None:
         self._absent.clear()
         self._published.clear()
 
     def close(self) -> None:
         self._connection.close()
-        self.forget()
+        self._connection_lost()
 
+    # ------------------------------------------------------------------ internals
     def _answer_known(self, disabled: str, revoked: str, now: float) -> bool:
         """Read what Redis sent (invalidations first); True if both flags are known absent
         and the connection is alive enough to trust that."""
         if not self._absent:
             return False
-        try:
-            self._connection.poll()
-        except (OSError, ValueError):
-            self.forget()
-            return False
         connection = self._connection
-        if (not connection.connected
+        try:
+            connection.poll()
+        except Exception:  # closed, garbled, or far behind: trust nothing remembered
+            self._connection_lost()
+            return False
+        if (not connection.tracking_active
                 or now - connection.last_heard > TRACKING_LIVENESS_SECONDS
-                or connection.owed_for(now) > TRACKING_LIVENESS_SECONDS):
+                or connection.oldest_owed_age(now) > TRACKING_LIVENESS_SECONDS):
             return False
         return disabled in self._absent and revoked in self._absent
+
+    def _connection_lost(self) -> None:
+        for contact, value, expiry in self._connection.lost:
+            self._republish[contact] = (value, expiry)
+        self._connection.lost.clear()
+        self.forget()
+
+    def _republish_lost(self, now: float) -> None:
+        """Send again, and wait for, the reachability SETs a broken connection lost: their
+        REGISTERs were answered 200 OK. Raises LeanRedisError if Redis cannot take them."""
+        while self._republish:
+            contact, (value, expiry) = next(iter(self._republish.items()))
+            if expiry - now >= 1:
+                try:
+                    reply = self._connection.request(
+                        _command("SET", contact, value, "EX", int(expiry - now)))
+                except (OSError, ValueError) as exc:
+                    self._connection_lost()
+                    raise LeanRedisError(f"Redis unavailable: {exc}") from None
+                if isinstance(reply, LeanRedisError):
+                    self._log(f"reachability {contact} not published again: {reply}")
+            self._republish.pop(contact, None)
+
+    def _owed_reply(self, label: tuple[str, str, float], reply: Any) -> None:
+        if isinstance(reply, LeanRedisError):
+            contact = label[0]
+            self._published.pop(contact, None)  # next time with a round trip
+            self._log(f"reachability {contact} not refreshed: {reply}")
+
+    def _note_setup(self) -> None:
+        note = self._connection.setup_note
+        if note and note != self._noted:
+            self._log(f"{note}; every admission asks Redis")
+        self._noted = note
 
     def _invalidated(self, push: list[Any]) -> None:
         if len(push) < 2 or push[0] not in (b"invalidate", "invalidate"):

@@ -32,18 +32,19 @@ def disable_agent(redis: Any, tenant: str, extension: str, node: str = "cli") ->
     from omnicc.acd import AcdSync
 
     redis.set(agent_disabled(tenant, extension), "1")
-    told = wait_until_nodes_told(redis)
     # Unregistered in the ACD's eyes: OFFLINE at once, a ringing reservation withdrawn.
     AcdSync(redis, node).unregister(tenant, extension)
-    return told
+    return wait_until_nodes_told(redis)
 
 
 def wait_until_nodes_told(redis: Any, timeout: float = 1.0) -> bool:
     """Wait until Redis owes no tracking connection any output: the invalidations of the
-    write just made are then in the Kamailio workers' sockets, read before their next
-    decision. (Redis queues them while it runs the write, and writes them out before it
-    runs this client's next command; only a connection whose socket is full keeps some.)
-    False if that is not seen within `timeout`, or CLIENT LIST is not allowed."""
+    write just made have then left Redis for the Kamailio workers' connections — in their
+    sockets when on this host, crossing the network otherwise — and each worker reads them
+    before its next decision. (Redis queues them while it runs the write and writes them
+    out before it runs this client's next command; only a connection whose socket is full
+    keeps some.) False if that is not seen within `timeout` (a busy worker's ordinary
+    replies can keep it from being seen), or CLIENT LIST is not allowed."""
     deadline = time.monotonic() + timeout
     while True:
         try:

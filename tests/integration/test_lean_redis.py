@@ -202,16 +202,21 @@ def test_a_silent_connection_is_not_trusted(tracked: TrackedAdmission, client: r
     assert evalsha_calls(client) == 2
 
 
-def test_a_publish_that_failed_is_not_lost_silently(tracked: TrackedAdmission,
+def test_a_publish_that_failed_is_not_lost_silently(server: RedisServer,
                                                     client: redis.Redis) -> None:
+    logged: list[str] = []
+    tracked = TrackedAdmission(server.url, ADMIT_LUA, log=logged.append)
     assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)  # every write now fails with OOM
     try:
         assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # the SET went without waiting
         time.sleep(0.2)  # its error reply arrives meanwhile
-        # It is read on the next request, which forgets what it knew and asks.
-        with pytest.raises(LeanRedisError):
+        # It is logged, read on the next request, which is not refused for it ...
+        assert tracked(KEYS, ["", 1]) == 0
+        assert any("not refreshed" in line and "OOM" in line for line in logged)
+        # ... and the contact is published with a round trip next time (which fails here).
+        with pytest.raises(LeanRedisError, match="OOM"):
             tracked(KEYS, [CONTACT_VALUE, 60])
     finally:
         client.config_set("maxmemory", 0)
@@ -250,3 +255,70 @@ def test_tracked_admission_authenticates_and_selects_the_database(
     finally:
         redis.Redis(host=server.host, port=server.port, password="s3cret").config_set(
             "requirepass", "")
+
+
+def test_more_invalidations_than_one_read_are_all_seen(tracked: TrackedAdmission,
+                                                       client: redis.Redis) -> None:
+    # An idle worker after a bulk disable: far more than 64 KiB of invalidations wait.
+    others = [[f"{{t:e}}:agent:{n}:disabled", f"{{t:e}}:agent:{n}:disabled",
+               f"{{t:e}}:agent:{n}:contact"] for n in range(3000)]
+    for keys in others:
+        assert tracked(keys, ["", 1]) == 0
+    assert tracked(KEYS, ["", 1]) == 0
+    with client.pipeline(transaction=False) as pipe:
+        for keys in others:
+            pipe.set(keys[0], "1")
+        pipe.set(DISABLED, "1")  # the last invalidation of all
+        pipe.execute()
+    assert wait_until_nodes_told(client)
+    assert tracked(KEYS, ["", 1]) == 1
+
+
+def test_a_withdrawal_comes_after_the_refreshes_sent_before_it(
+        tracked: TrackedAdmission, client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # SET sent, not waited for
+    tracked.withdraw(CONTACT)  # same connection: after that SET
+    assert client.exists(CONTACT) == 0
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # published again, with a round trip
+    assert client.get(CONTACT) == CONTACT_VALUE
+
+
+def test_a_refresh_a_broken_connection_swallowed_is_published_again(
+        tracked: TrackedAdmission, client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    client.delete(CONTACT)
+    # The connection dies with the refresh's reply owed: Redis holds writes (WRITE pause),
+    # so the SET has not run when the connection is killed, and never runs.
+    client.client_pause(5000, all=False)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0
+        time.sleep(0.1)
+        assert client.client_kill_filter(_type="normal", skipme=True) >= 1
+    finally:
+        client.client_unpause()
+    time.sleep(0.1)
+    assert client.exists(CONTACT) == 0
+    assert tracked(KEYS, ["", 1]) == 0  # reconnects, publishes the lost refresh first
+    assert client.get(CONTACT) == CONTACT_VALUE
+    assert client.ttl(CONTACT) > 500
+
+
+def test_a_server_refusing_client_tracking_is_asked_every_time(server: RedisServer,
+                                                               client: redis.Redis) -> None:
+    client.config_resetstat()
+    client.acl_setuser("notrack", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+@all", "-client"], reset=True)
+    logged: list[str] = []
+    tracked = TrackedAdmission(f"redis://notrack:pw@{server.host}:{server.port}/0",
+                               ADMIT_LUA, log=logged.append)
+    try:
+        for _ in range(3):
+            assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        assert evalsha_calls(client) == 3
+        assert any("CLIENT TRACKING refused" in line for line in logged)
+        client.set(DISABLED, "1")
+        assert tracked(KEYS, ["", 1]) == 1
+    finally:
+        tracked.close()
+        client.acl_deluser("notrack")

@@ -256,6 +256,20 @@ class Worker:
         return self.htables.get(AUTHFAIL_TABLE, ip) or 0
 
 
+class FakeAdmission:
+    """TrackedAdmission's interface over FakeRedis: the script, and withdraw()."""
+
+    def __init__(self, server: FakeRedis, lua: str) -> None:
+        self._server = server
+        self._script = server.register_script(lua)
+
+    def __call__(self, keys: Any, args: Any) -> int:
+        return self._script(keys=keys, args=args)
+
+    def withdraw(self, contact: str) -> None:
+        self._server.delete(contact)
+
+
 def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
                  monkeypatch: pytest.MonkeyPatch, var_dir: Path,
                  config_path: Path = EXAMPLE_CONFIG) -> Worker:
@@ -272,7 +286,7 @@ def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
     def lean_admission(url: str, lua: str, **options: Any) -> Any:
         # The lean client of the hot path, on the same fake server.
         opened.append((url, {"lean": True, **options}))
-        return server.register_script(lua)
+        return FakeAdmission(server, lua)
 
     monkeypatch.setattr(script, "TrackedAdmission", lean_admission)
     monkeypatch.setenv("OMNICC_CONFIG", str(config_path))
@@ -353,7 +367,8 @@ def test_child_init_loads_the_config_named_by_omnicc_config(worker: Worker) -> N
 def test_child_init_opens_the_redis_named_by_omnicc_redis_url_with_short_timeouts(
     worker: Worker,
 ) -> None:
-    (url, options), (lean_url, lean_options) = worker.redis_opened
+    [(url, options)] = [(u, o) for u, o in worker.redis_opened if not o.get("lean")]
+    [(lean_url, lean_options)] = [(u, o) for u, o in worker.redis_opened if o.get("lean")]
     assert url == lean_url == REDIS_URL
     # A Redis that hangs must not hold a SIP worker for long.
     assert 0 < options["socket_timeout"] <= 1
