@@ -124,10 +124,10 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             import redis
 
             url = os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0")
-            self.admission = lean_admission(url, ADMIT_LUA)
-            client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             # The per-request admission goes over a lean connection of its own (a quarter
             # of redis-py's CPU); everything rarer uses redis-py.
+            self.admission = lean_admission(url, ADMIT_LUA)
+            client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self.auth = AgentAuthenticator.from_config(
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client,
                 admit_script=self.admission,

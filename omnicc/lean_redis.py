@@ -3,22 +3,19 @@
 spends about four times the CPU of the round trip itself on building, sending and parsing
 it (bench/register_auth.py measures the whole).
 
-- `LeanScript`: one Lua script, EVALSHA (EVAL once when Redis answers NOSCRIPT, after a
-  restart or SCRIPT FLUSH), one round trip per call.
-- `TrackedAdmission`: the admission script with Redis's server-assisted client-side
-  caching (CLIENT TRACKING): a worker remembers which disabled/revoked flags were absent
-  and which reachability it published, and Redis tells it (an invalidation push on the
-  same connection) the moment any client changes one of those keys. A request whose
-  answer the worker already knows makes no round trip: a disabled agent or a revoked
-  token is still refused on the next request, because the invalidation is read before
-  every decision.
+`TrackedAdmission` runs the admission script (EVALSHA, and EVAL once when Redis answers
+NOSCRIPT, after a restart or SCRIPT FLUSH) with Redis's server-assisted client-side
+caching (CLIENT TRACKING): a worker remembers which disabled/revoked flags were absent and
+which reachability it published, and Redis tells it (an invalidation push on the same
+connection) the moment any client changes one of those keys. A request whose answer the
+worker already knows makes no round trip: a disabled agent or a revoked token is still
+refused on the next request, because the invalidation is read before every decision.
 
 RESP3 over TCP or a Unix socket: AUTH, HELLO 3, SELECT and (for TrackedAdmission) CLIENT
 TRACKING ON NOLOOP when it connects. A server that refuses HELLO 3 or CLIENT TRACKING (Redis
 before 6, an ACL, a proxy) is spoken to without them, and TrackedAdmission then asks on
-every call, as LeanScript does. Any failure closes the connection, forgets everything
-cached and raises LeanRedisError; the next call connects again. Not thread-safe (one per
-worker).
+every call. Any failure closes the connection, forgets everything cached and raises
+LeanRedisError; the next call connects again. Not thread-safe (one per worker).
 """
 
 from __future__ import annotations
@@ -337,25 +334,6 @@ def _run_script(connection: RespConnection, sha: str, script: str, keys: list[st
     return reply
 
 
-class LeanScript:
-    """One Lua script: call it with keys and args, get its reply (integer or status)."""
-
-    def __init__(self, url: str, script: str, *, timeout: float = 0.5):
-        self._connection = RespConnection(url, timeout=timeout)
-        self._script = script
-        self._sha = hashlib.sha1(script.encode()).hexdigest()
-
-    @property
-    def _db(self) -> int:
-        return self._connection._db
-
-    def __call__(self, keys: list[str], args: list[str | int]) -> Any:
-        return _run_script(self._connection, self._sha, self._script, keys, args)
-
-    def close(self) -> None:
-        self._connection.close()
-
-
 # Without a word from Redis for this long, what the worker remembers is not trusted: a
 # Redis that vanished without closing the connection (a network partition) sends no
 # invalidations either, so at most this long a revocation could go unseen.
@@ -380,8 +358,8 @@ class TrackedAdmission:
     is published with a round trip next time; one a broken connection swallowed is
     published again with the next round trip). Everything else — a contact new to this
     worker, an invalidated flag, a connection that closed, was silent for
-    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits, as
-    LeanScript does. `log` receives what went wrong without failing a request.
+    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits. `log`
+    receives what went wrong without failing a request.
     """
 
     def __init__(self, url: str, script: str, *, timeout: float = 0.5,
@@ -399,9 +377,10 @@ class TrackedAdmission:
 
     def __call__(self, keys: list[str], args: list[str | int]) -> Any:
         disabled, revoked, contact = keys
-        value, ttl = str(args[0]), int(args[1])
+        value = str(args[0])
+        ttl = int(args[1]) if str(args[1]).isdigit() else None  # else Redis says what is wrong
         now = time.monotonic()
-        if self._answer_known(disabled, revoked, now):
+        if ttl is not None and self._answer_known(disabled, revoked, now):
             if not value:
                 return 0
             known = self._published.get(contact)
@@ -424,7 +403,7 @@ class TrackedAdmission:
             if len(self._absent) + len(self._published) >= TRACKED_KEYS_MAX:
                 self.forget()
             self._absent.update((disabled, revoked))
-            if value:
+            if value and ttl is not None:
                 self._published[contact] = (value, now + ttl)
         return reply
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnicc import cli
-from omnicc.lean_redis import LeanScript
+from omnicc.lean_redis import RespConnection
 from omnicc.sip_security import BanList
 from tests.unit.fake_redis import FakeRedis
 
@@ -45,9 +45,9 @@ def test_a_kamailio_it_cannot_reach_is_reported_and_the_record_still_removed(
 
 
 def test_the_lean_client_reads_the_database_of_either_url_form() -> None:
-    assert LeanScript("redis://127.0.0.1:6379/4", "return 1")._db == 4
-    assert LeanScript("unix:///run/redis/redis.sock?db=2", "return 1")._db == 2
-    assert LeanScript("unix:///run/redis/redis.sock", "return 1")._db == 0
+    assert RespConnection("redis://127.0.0.1:6379/4")._db == 4
+    assert RespConnection("unix:///run/redis/redis.sock?db=2")._db == 2
+    assert RespConnection("unix:///run/redis/redis.sock")._db == 0
 
 
 def test_a_fifo_this_user_may_not_look_at_is_reported_not_a_traceback(
