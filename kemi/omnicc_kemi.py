@@ -38,6 +38,8 @@ from omnicc.sip_auth import (  # noqa: E402
 from omnicc.sip_policy import Classified, Source, SourcePolicy  # noqa: E402
 from omnicc.sip_security import (  # noqa: E402
     ALLOWED_METHODS,
+    WITHDRAWN_SECONDS,
+    WITHDRAWN_TABLE,
     BanList,
     BanRecordError,
     EdgeGuard,
@@ -84,9 +86,15 @@ def lean_admission(url, lua):
     trip every request) for others."""
     try:
         return TrackedAdmission(url, lua, timeout=0.5,
-                                log=lambda message: KSR.warn(f"omnicc: {message}\n"))
+                                log=lambda message: KSR.warn(f"omnicc: {message}\n"),
+                                recently_withdrawn=recently_withdrawn)
     except ValueError:
         return None
+
+
+def recently_withdrawn(contact_key):
+    """Whether a worker of this node deleted this reachability key in the last seconds."""
+    return KSR.htable.sht_get(WITHDRAWN_TABLE, contact_key) is not None
 
 
 def one_line_traceback():
@@ -343,6 +351,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
 
     def forget_contact(self, identity):
         key = agent_contact(identity.tenant.name, identity.extension)
+        # Every worker of the node hears of it: none may take the contact as published.
+        KSR.htable.sht_setxs(WITHDRAWN_TABLE, key, "1", WITHDRAWN_SECONDS)
         try:
             if self.admission is not None:
                 # On the admission's connection: after any refresh of it sent unwaited.

@@ -340,6 +340,11 @@ def _run_script(connection: RespConnection, sha: str, script: str, keys: list[st
 TRACKING_LIVENESS_SECONDS = 1.0
 # A published reachability this close to its expiry is published with a round trip again.
 PUBLISHED_MARGIN_SECONDS = 2.0
+# A refresh of the contact this worker published less than this long ago, whose expiry is
+# within this of the published one, changes nothing the ACD sees: nothing is sent. (A
+# phone refreshes every few minutes and is always published; only one REGISTERing many
+# times a second, as a load test or a looping phone does, is not.)
+UNCHANGED_EXPIRY_SECONDS = 1.0
 # Memory bound per worker: past this many remembered keys, forget them all.
 TRACKED_KEYS_MAX = 100_000
 
@@ -356,22 +361,27 @@ class TrackedAdmission:
     contact is the one this worker last published sends the reachability SET without
     waiting for the reply (read on a later call; a failed one is logged and that contact
     is published with a round trip next time; one a broken connection swallowed is
-    published again with the next round trip). Everything else — a contact new to this
-    worker, an invalidated flag, a connection that closed, was silent for
-    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits. `log`
-    receives what went wrong without failing a request.
+    published again with the next round trip) — or nothing, if its expiry is within
+    UNCHANGED_EXPIRY_SECONDS of the one this worker published less than that long ago and
+    `recently_withdrawn(contact key)` (another worker of the node deleted it) is false.
+    Everything else — a contact new to this worker, an invalidated flag, a connection that
+    closed, was silent for TRACKING_LIVENESS_SECONDS or does not track — runs the script
+    and waits. `log` receives what went wrong without failing a request.
     """
 
     def __init__(self, url: str, script: str, *, timeout: float = 0.5,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None,
+                 recently_withdrawn: Callable[[str], bool] | None = None):
         self._connection = RespConnection(url, timeout=timeout, tracking=True,
                                           on_push=self._invalidated,
                                           on_owed_reply=self._owed_reply)
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._log = log or (lambda message: None)
+        self._recently_withdrawn = recently_withdrawn or (lambda contact: False)
         self._absent: set[str] = set()  # flags the script found absent, still tracked
-        self._published: dict[str, tuple[str, float]] = {}  # contact key: (value, expiry)
+        # contact key: (value, expiry, when this worker sent it)
+        self._published: dict[str, tuple[str, float, float]] = {}
         self._republish: dict[str, tuple[str, float]] = {}  # SETs a closed connection lost
         self._noted = ""
 
@@ -386,13 +396,17 @@ class TrackedAdmission:
             known = self._published.get(contact)
             if (known is not None and known[0] == value
                     and known[1] > now + PUBLISHED_MARGIN_SECONDS):
+                if (now - known[2] <= UNCHANGED_EXPIRY_SECONDS
+                        and abs(known[1] - (now + ttl)) <= UNCHANGED_EXPIRY_SECONDS
+                        and not self._recently_withdrawn(contact)):
+                    return 0
                 try:
                     self._connection.send_nowait(_command("SET", contact, value, "EX", ttl),
                                                  label=(contact, value, now + ttl))
                 except OSError:
                     self._connection_lost()  # and ask with a round trip below
                 else:
-                    self._published[contact] = (value, now + ttl)
+                    self._published[contact] = (value, now + ttl, now)
                     return 0
         if not self._connection.connected:
             self._connection_lost()  # a new connection tracks nothing yet
@@ -404,7 +418,7 @@ class TrackedAdmission:
                 self.forget()
             self._absent.update((disabled, revoked))
             if value and ttl is not None:
-                self._published[contact] = (value, now + ttl)
+                self._published[contact] = (value, now + ttl, now)
         return reply
 
     def withdraw(self, contact: str) -> None:

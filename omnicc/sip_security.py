@@ -49,10 +49,15 @@ BANS_TABLE = "bans"          # ip -> reason, each with its own expiry (replicate
 FLOOD_TABLE = "flood"        # ip -> requests since its window opened
 AUTHFAIL_TABLE = "authfail"  # ip -> authentication failures since its window opened
 EDGE_TABLES = (BANS_TABLE, FLOOD_TABLE, AUTHFAIL_TABLE)
+# Not the edge's: reachability key -> 1 for a few seconds after a worker of the node deleted
+# it, so the node's other workers publish that contact again rather than take it as
+# published (omnicc.lean_redis.TrackedAdmission's recently_withdrawn).
+WITHDRAWN_TABLE = "withdrawn"
+WITHDRAWN_SECONDS = 5
 
 
 def htable_definitions(security: Any, *, replicate_bans: bool) -> dict[str, str]:
-    """Each edge htable's Kamailio definition. A counter's window opens with its first
+    """Each node htable's Kamailio definition. A counter's window opens with its first
     request and is not pushed back by later ones (updateexpire=0): a source that keeps
     sending is counted, not forgiven. initval=0: sht_inc creates a missing counter (without
     it Kamailio's sht_inc of a missing item fails)."""
@@ -63,6 +68,7 @@ def htable_definitions(security: Any, *, replicate_bans: bool) -> dict[str, str]
                      "initval=0",
         AUTHFAIL_TABLE: f"size=10;autoexpire={security.auth_failure_window_seconds};"
                         "updateexpire=0;initval=0",
+        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS}",
     }
 
 

@@ -164,6 +164,59 @@ def test_a_refreshed_registration_still_extends_the_reachability(
     assert 590 <= client.ttl(CONTACT) <= 600
 
 
+def test_a_refresh_that_changes_nothing_the_acd_sees_sends_nothing(
+        tracked: TrackedAdmission, client: redis.Redis) -> None:
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    for _ in range(5):  # a load test's phone: the same contact, the same expiry, at once
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert evalsha_calls(client) == 1
+    assert set_calls(client) == 1
+    assert 59 <= client.ttl(CONTACT) <= 60
+
+
+def test_an_unchanged_refresh_is_published_once_the_window_has_passed(
+        tracked: TrackedAdmission, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_redis, "UNCHANGED_EXPIRY_SECONDS", 0.05)
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    client.expire(CONTACT, 30)  # so the refresh shows
+    time.sleep(0.1)
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    assert tracked(KEYS, ["", 1]) == 0  # reads the SET's reply
+    assert set_calls(client) == 2
+    assert client.ttl(CONTACT) > 30
+
+
+def test_a_refresh_long_after_the_last_publication_is_sent_even_to_the_same_expiry(
+        tracked: TrackedAdmission, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lean_redis, "UNCHANGED_EXPIRY_SECONDS", 0.5)
+    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+    time.sleep(0.7)  # past the window, within TRACKING_LIVENESS_SECONDS
+    # Expires within the window of what was published, but that was published longer
+    # ago than the window: sent.
+    assert tracked(KEYS, [CONTACT_VALUE, 59]) == 0
+    assert tracked(KEYS, ["", 1]) == 0
+    assert set_calls(client) == 2
+
+
+def test_a_contact_another_worker_withdrew_is_published_again_at_once(
+        server: RedisServer, client: redis.Redis) -> None:
+    client.config_resetstat()
+    withdrawn: set[str] = set()
+    tracked = TrackedAdmission(server.url, ADMIT_LUA, recently_withdrawn=withdrawn.__contains__)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        client.delete(CONTACT)  # the phone unregistered through another worker ...
+        withdrawn.add(CONTACT)  # ... which marked it in the node's htable
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # and registered again here
+        assert tracked(KEYS, ["", 1]) == 0
+        assert client.get(CONTACT) == CONTACT_VALUE
+        assert set_calls(client) == 2
+    finally:
+        tracked.close()
+
+
 def test_a_new_contact_is_published_before_the_answer(tracked: TrackedAdmission,
                                                       client: redis.Redis) -> None:
     assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
@@ -212,7 +265,7 @@ def test_a_publish_that_failed_is_not_lost_silently(server: RedisServer,
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)  # every write now fails with OOM
     try:
-        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # the SET went without waiting
+        assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0  # the SET went without waiting
         time.sleep(0.2)  # its error reply arrives meanwhile
         # It is logged, read on the next request, which is not refused for it ...
         assert tracked(KEYS, ["", 1]) == 0
@@ -279,7 +332,7 @@ def test_more_invalidations_than_one_read_are_all_seen(tracked: TrackedAdmission
 def test_a_withdrawal_comes_after_the_refreshes_sent_before_it(
         tracked: TrackedAdmission, client: redis.Redis) -> None:
     assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
-    assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # SET sent, not waited for
+    assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0  # SET sent, not waited for
     tracked.withdraw(CONTACT)  # same connection: after that SET
     assert client.exists(CONTACT) == 0
     assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # published again, with a round trip

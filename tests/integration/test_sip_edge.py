@@ -16,7 +16,7 @@ import pytest
 from omnicc import sipp
 from omnicc.auth_secrets import read_digest_secret, read_signing_key, resolve_secret_files
 from omnicc.ephemeral import password_for, tenant_secret
-from omnicc.keys import revoked_jti
+from omnicc.keys import agent_contact, revoked_jti
 from omnicc.sip_security import ban_key
 from omnicc.sipp import SippRun
 from omnicc.tokens import generate_signing_key, mint_agent_token
@@ -179,6 +179,57 @@ def test_revoked_token_and_disabled_agent_are_refused_on_the_next_request(
     finally:
         assert omnicc_cli(directory, "agent", "enable", "1001").returncode == 0
     assert register(fresh, "enabled").returncode == 0
+
+
+def register_over_udp(sock: socket.socket, proxy: str, extension: str, token: str,
+                      expires: int, cseq: int, call_id: str) -> int:
+    """One bearer REGISTER from `sock`, as a phone refreshing its registration sends it
+    (same Call-ID, next CSeq); returns the final status. Milliseconds, where a SIPp run
+    takes a tenth of a second: for what must happen within a second."""
+    host, port = proxy.rsplit(":", 1)
+    local_ip, local_port = sock.getsockname()[:2]
+    request = (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {local_ip}:{local_port};branch=z9hG4bK{now_id()}{cseq};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:{extension}@{DOMAIN}>;tag={call_id[:8]}\r\n"
+        f"To: <sip:{extension}@{DOMAIN}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} REGISTER\r\n"
+        f"Contact: <sip:{extension}@{local_ip}:{local_port}>\r\n"
+        f"Expires: {expires}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    sock.sendto(request.encode(), (host, int(port)))
+    while True:
+        reply = sock.recv(65535).decode(errors="replace")
+        status = int(reply.split()[1])
+        if status >= 200 and f"CSeq: {cseq} REGISTER" in reply:
+            return status
+
+
+def test_an_agent_registered_again_right_after_unregistering_is_reachable(
+    running_stack: RunningStack, tokens: Tokens
+) -> None:
+    """Every worker that refreshed the agent a moment ago publishes nothing for a refresh
+    that changes nothing; after an unregistration through one worker, the others must
+    not take the contact as still published."""
+    store = running_stack.redis()
+    key = agent_contact("default", "1001")
+    token = tokens.agent("1001")
+    for round_ in range(6):  # each from its own address: the flood counter is per source
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((f"127.0.0.{70 + round_}", 0))
+            sock.settimeout(5)
+            call_id = f"rereg-{round_}-{now_id()}"
+            cseq = 0
+            for expires in [60] * WORKER_ROUNDS + [0] + [60] * WORKER_ROUNDS:
+                cseq += 1
+                assert register_over_udp(sock, running_stack.proxy, "1001", token, expires,
+                                         cseq, call_id) == 200
+            assert store.exists(key), f"round {round_}: registered but not reachable"
+            assert 50 <= store.ttl(key) <= 60
 
 
 def test_a_64_kb_authorization_header_is_refused(running_stack: RunningStack,

@@ -36,6 +36,7 @@ from omnicc.sip_security import (
     ALLOWED_METHODS,
     AUTHFAIL_TABLE,
     BANS_TABLE,
+    WITHDRAWN_TABLE,
     BanList,
     htable_definitions,
 )
@@ -1458,9 +1459,12 @@ def test_a_registration_publishes_the_agents_reachability_for_its_lifetime(
                           headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=120")]))
     assert worker.redis.get(key) is not None
     assert 0 < worker.redis.ttl(key) <= 120
+    assert worker.htables.get(WITHDRAWN_TABLE, key) is None
     worker.route(register(credentials=good_credentials(),
                           headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
     assert worker.redis.get(key) is None
+    # The node's other workers must not take it as still published (TrackedAdmission).
+    assert worker.htables.get(WITHDRAWN_TABLE, key) is not None
 
 
 def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
@@ -1495,6 +1499,7 @@ def test_a_registration_that_cannot_be_saved_is_not_left_published(worker: Worke
                         results={"registrar.save": -1})
     assert "sl.sl_reply_error" in fake.names()
     assert worker.redis.get(agent_contact(TENANT, AGENT)) is None
+    assert worker.htables.get(WITHDRAWN_TABLE, agent_contact(TENANT, AGENT)) is not None
 
 
 def test_kdmq_from_a_peer_kamailio_node_goes_to_dmq(worker_with: Callable[[str], Worker]) -> None:

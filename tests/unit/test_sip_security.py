@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from omnicc import lean_redis
 from omnicc.config import Security
 from omnicc.keys import revoked_jti
 from omnicc.sip_security import (
@@ -15,6 +16,8 @@ from omnicc.sip_security import (
     AUTHFAIL_TABLE,
     BANS_TABLE,
     FLOOD_TABLE,
+    WITHDRAWN_SECONDS,
+    WITHDRAWN_TABLE,
     BanList,
     BanRecordError,
     EdgeGuard,
@@ -104,8 +107,13 @@ def test_htables_count_in_fixed_windows_and_bans_replicate_only_in_a_cluster() -
         BANS_TABLE: "size=10;autoexpire=900;dmqreplicate=0",
         FLOOD_TABLE: "size=12;autoexpire=10;updateexpire=0;initval=0",
         AUTHFAIL_TABLE: "size=10;autoexpire=60;updateexpire=0;initval=0",
+        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS}",
     }
     assert "dmqreplicate=1" in htable_definitions(SECURITY, replicate_bans=True)[BANS_TABLE]
+
+
+def test_a_withdrawal_is_remembered_longer_than_a_refresh_can_go_unsent() -> None:
+    assert WITHDRAWN_SECONDS > lean_redis.UNCHANGED_EXPIRY_SECONDS + 1  # htable: 1 s steps
 
 
 def test_up_to_the_limit_is_no_flood_one_more_is_a_ban(
