@@ -81,20 +81,16 @@ class NodeHtables:
         KSR.htable.sht_rm(table, key)
 
 
-def lean_admission(url, lua):
+def lean_admission(url, lua, tables):
     """The lean, tracking client for a redis:// or unix:// URL; None (redis-py's, a round
     trip every request) for others."""
     try:
-        return TrackedAdmission(url, lua, timeout=0.5,
-                                log=lambda message: KSR.warn(f"omnicc: {message}\n"),
-                                recently_withdrawn=recently_withdrawn)
+        return TrackedAdmission(
+            url, lua, timeout=0.5, log=lambda message: KSR.warn(f"omnicc: {message}\n"),
+            # An unregistration through any worker (or node) marked it: publish it again.
+            recently_withdrawn=lambda key: tables.get(WITHDRAWN_TABLE, key) is not None)
     except ValueError:
         return None
-
-
-def recently_withdrawn(contact_key):
-    """Whether a worker of this node deleted this reachability key in the last seconds."""
-    return KSR.htable.sht_get(WITHDRAWN_TABLE, contact_key) is not None
 
 
 def one_line_traceback():
@@ -117,6 +113,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.node_uri = ""
         self.redis = None
         self.admission = None
+        self.tables = None
         self._acd = None
 
     def child_init(self, rank):
@@ -134,13 +131,14 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             url = os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0")
             # The per-request admission goes over a lean connection of its own (a quarter
             # of redis-py's CPU); everything rarer uses redis-py.
-            self.admission = lean_admission(url, ADMIT_LUA)
+            self.tables = NodeHtables()
+            self.admission = lean_admission(url, ADMIT_LUA, self.tables)
             client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self.auth = AgentAuthenticator.from_config(
                 self.config, path, os.environ.get("OMNICC_VAR", "var"), client,
                 admit_script=self.admission,
             )
-            self.guard = EdgeGuard(NodeHtables(), BanList(client, self.config.node),
+            self.guard = EdgeGuard(self.tables, BanList(client, self.config.node),
                                    self.config.security)
             self.redis = client
         except Exception as exc:  # config, secrets, keys: the log must say which
@@ -342,6 +340,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     def withdraw(self, identity):
         """The agent unregistered: the ACD takes it OFFLINE now (a ringing reservation is
         withdrawn), not when matching next meets it — before the 200 OK is sent."""
+        self.mark_withdrawn(identity)  # before the ACD deletes the key
         try:
             self.acd().unregister(identity.tenant.name, identity.extension)
         except Exception:
@@ -350,9 +349,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.forget_contact(identity)  # whatever the ACD said, it is unreachable
 
     def forget_contact(self, identity):
-        key = agent_contact(identity.tenant.name, identity.extension)
-        # Every worker of the node hears of it: none may take the contact as published.
-        KSR.htable.sht_setxs(WITHDRAWN_TABLE, key, "1", WITHDRAWN_SECONDS)
+        key = self.mark_withdrawn(identity)
         try:
             if self.admission is not None:
                 # On the admission's connection: after any refresh of it sent unwaited.
@@ -361,6 +358,13 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                 self.redis.delete(key)
         except Exception:
             KSR.err(f"omnicc: cannot withdraw reachability: {one_line_traceback()}\n")
+
+    def mark_withdrawn(self, identity):
+        """Tell every worker (and node) the agent's reachability key is going: none may
+        take its contact as published. Returns the key."""
+        key = agent_contact(identity.tenant.name, identity.extension)
+        self.tables.set_expiring(WITHDRAWN_TABLE, key, "1", WITHDRAWN_SECONDS)
+        return key
 
     def route_to_agent(self):
         """A call from Asterisk to an agent: deliver to the agent's registered contact."""

@@ -340,11 +340,12 @@ def _run_script(connection: RespConnection, sha: str, script: str, keys: list[st
 TRACKING_LIVENESS_SECONDS = 1.0
 # A published reachability this close to its expiry is published with a round trip again.
 PUBLISHED_MARGIN_SECONDS = 2.0
-# A refresh of the contact this worker published less than this long ago, whose expiry is
-# within this of the published one, changes nothing the ACD sees: nothing is sent. (A
-# phone refreshes every few minutes and is always published; only one REGISTERing many
-# times a second, as a load test or a looping phone does, is not.)
-UNCHANGED_EXPIRY_SECONDS = 1.0
+# A refresh of the contact this worker published less than REPUBLISH_AFTER_SECONDS ago,
+# expiring within EXPIRY_DRIFT_SECONDS of it, is not sent: the key's TTL would move by at
+# most that much. (A phone refreshing every few minutes is published every time; only a
+# REGISTER loop, a load test's or a misbehaving phone's, is spared a write per request.)
+REPUBLISH_AFTER_SECONDS = 1.0
+EXPIRY_DRIFT_SECONDS = 1.0
 # Memory bound per worker: past this many remembered keys, forget them all.
 TRACKED_KEYS_MAX = 100_000
 
@@ -361,12 +362,13 @@ class TrackedAdmission:
     contact is the one this worker last published sends the reachability SET without
     waiting for the reply (read on a later call; a failed one is logged and that contact
     is published with a round trip next time; one a broken connection swallowed is
-    published again with the next round trip) — or nothing, if its expiry is within
-    UNCHANGED_EXPIRY_SECONDS of the one this worker published less than that long ago and
-    `recently_withdrawn(contact key)` (another worker of the node deleted it) is false.
-    Everything else — a contact new to this worker, an invalidated flag, a connection that
-    closed, was silent for TRACKING_LIVENESS_SECONDS or does not track — runs the script
-    and waits. `log` receives what went wrong without failing a request.
+    published again with the next round trip) — or nothing, if this worker published it
+    less than REPUBLISH_AFTER_SECONDS ago expiring within EXPIRY_DRIFT_SECONDS of the new
+    expiry. Everything else — a contact new to this worker, or that
+    `recently_withdrawn(contact key)` says was deleted since (by an unregistration through
+    another worker or node), an invalidated flag, a connection that closed, was silent for
+    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits. `log`
+    receives what went wrong without failing a request.
     """
 
     def __init__(self, url: str, script: str, *, timeout: float = 0.5,
@@ -395,10 +397,10 @@ class TrackedAdmission:
                 return 0
             known = self._published.get(contact)
             if (known is not None and known[0] == value
-                    and known[1] > now + PUBLISHED_MARGIN_SECONDS):
-                if (now - known[2] <= UNCHANGED_EXPIRY_SECONDS
-                        and abs(known[1] - (now + ttl)) <= UNCHANGED_EXPIRY_SECONDS
-                        and not self._recently_withdrawn(contact)):
+                    and known[1] > now + PUBLISHED_MARGIN_SECONDS
+                    and not self._recently_withdrawn(contact)):
+                if (now - known[2] < REPUBLISH_AFTER_SECONDS
+                        and abs(known[1] - (now + ttl)) <= EXPIRY_DRIFT_SECONDS):
                     return 0
                 try:
                     self._connection.send_nowait(_command("SET", contact, value, "EX", ttl),

@@ -119,7 +119,7 @@ def render_kamailio(
         log_stderr=log_stderr,
         children=children,
         tcp_children=max(2, children // 2),
-        htables=htable_definitions(config.security, replicate_bans=bool(config.kamailio_peers)),
+        htables=htable_definitions(config.security, clustered=bool(config.kamailio_peers)),
         dmq_peers=config.kamailio_peers,
         secrets_cfg=str(secrets_cfg),
     )

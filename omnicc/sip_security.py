@@ -49,26 +49,29 @@ BANS_TABLE = "bans"          # ip -> reason, each with its own expiry (replicate
 FLOOD_TABLE = "flood"        # ip -> requests since its window opened
 AUTHFAIL_TABLE = "authfail"  # ip -> authentication failures since its window opened
 EDGE_TABLES = (BANS_TABLE, FLOOD_TABLE, AUTHFAIL_TABLE)
-# Not the edge's: reachability key -> 1 for a few seconds after a worker of the node deleted
-# it, so the node's other workers publish that contact again rather than take it as
-# published (omnicc.lean_redis.TrackedAdmission's recently_withdrawn).
+# Not the edge's: reachability key -> 1 for a few seconds after a worker deleted it (an
+# unregistration), so every worker publishes that contact again, with a round trip, rather
+# than take it as published (omnicc.lean_redis.TrackedAdmission's recently_withdrawn).
+# Replicated to the other nodes like the bans: the phone may register again through one.
 WITHDRAWN_TABLE = "withdrawn"
 WITHDRAWN_SECONDS = 5
 
 
-def htable_definitions(security: Any, *, replicate_bans: bool) -> dict[str, str]:
+def htable_definitions(security: Any, *, clustered: bool) -> dict[str, str]:
     """Each node htable's Kamailio definition. A counter's window opens with its first
     request and is not pushed back by later ones (updateexpire=0): a source that keeps
     sending is counted, not forgiven. initval=0: sht_inc creates a missing counter (without
-    it Kamailio's sht_inc of a missing item fails)."""
+    it Kamailio's sht_inc of a missing item fails). In a cluster, bans and withdrawals are
+    replicated over DMQ."""
+    replicate = 1 if clustered else 0
     return {
         BANS_TABLE: f"size=10;autoexpire={security.ban_seconds};"
-                    f"dmqreplicate={1 if replicate_bans else 0}",
+                    f"dmqreplicate={replicate}",
         FLOOD_TABLE: f"size=12;autoexpire={security.flood_window_seconds};updateexpire=0;"
                      "initval=0",
         AUTHFAIL_TABLE: f"size=10;autoexpire={security.auth_failure_window_seconds};"
                         "updateexpire=0;initval=0",
-        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS}",
+        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS};dmqreplicate={replicate}",
     }
 
 

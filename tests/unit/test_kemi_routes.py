@@ -294,7 +294,7 @@ def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
     monkeypatch.setenv("OMNICC_VAR", str(var_dir))
     monkeypatch.setenv("OMNICC_REDIS_URL", REDIS_URL)
     config = load_config(config_path)
-    htables = FakeHtables(htable_definitions(config.security, replicate_bans=False),
+    htables = FakeHtables(htable_definitions(config.security, clustered=False),
                           clock=lambda: server.now)
     worker = Worker(handler=script.mod_init(), ksr=ksr, redis=server, htables=htables,
                     redis_opened=opened)
@@ -1465,6 +1465,20 @@ def test_a_registration_publishes_the_agents_reachability_for_its_lifetime(
     assert worker.redis.get(key) is None
     # The node's other workers must not take it as still published (TrackedAdmission).
     assert worker.htables.get(WITHDRAWN_TABLE, key) is not None
+
+
+def test_the_admission_asks_the_node_htable_whether_a_contact_was_withdrawn(
+    worker: Worker,
+) -> None:
+    [(_, options)] = [opened for opened in worker.redis_opened if opened[1].get("lean")]
+    recently_withdrawn = options["recently_withdrawn"]
+    key = agent_contact(TENANT, AGENT)
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>")]))
+    assert not recently_withdrawn(key)
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
+    assert recently_withdrawn(key)
 
 
 def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:

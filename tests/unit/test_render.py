@@ -240,6 +240,7 @@ def test_a_single_node_keeps_its_registrar_and_bans_in_memory_without_dmq(
     window = security.auth_failure_window_seconds
     assert (f'modparam("htable", "htable", "authfail=>size=10;'
             f'autoexpire={window};updateexpire=0;initval=0")') in lines
+    assert 'modparam("htable", "htable", "withdrawn=>size=8;autoexpire=5;dmqreplicate=0")' in lines
 
 
 def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path: Path) -> None:
@@ -261,8 +262,9 @@ def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path:
         assert setting in lines
     # Not the registrar's own use of received: that would skip the Path's node.
     assert not any("path_use_received" in line for line in lines)
-    assert any(line.startswith('modparam("htable", "htable", "bans=>')
-               and "dmqreplicate=1" in line for line in lines)
+    for table in ("bans", "withdrawn"):
+        assert any(line.startswith(f'modparam("htable", "htable", "{table}=>')
+                   and "dmqreplicate=1" in line for line in lines)
     # dmq is loaded before the modules that replicate through it.
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "dmq_usrloc.so"')
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "usrloc.so"')

@@ -88,7 +88,7 @@ def bans(redis_server: FakeRedis) -> BanList:
 @pytest.fixture
 def tables(redis_server: FakeRedis) -> FakeHtables:
     # One clock for the node's htables and Redis: the test moves both.
-    return FakeHtables(htable_definitions(SECURITY, replicate_bans=False),
+    return FakeHtables(htable_definitions(SECURITY, clustered=False),
                        clock=lambda: redis_server.now)
 
 
@@ -102,18 +102,20 @@ def test_the_ban_record_has_one_cluster_slot_per_ip() -> None:
 
 
 def test_htables_count_in_fixed_windows_and_bans_replicate_only_in_a_cluster() -> None:
-    single = htable_definitions(SECURITY, replicate_bans=False)
+    single = htable_definitions(SECURITY, clustered=False)
     assert single == {
         BANS_TABLE: "size=10;autoexpire=900;dmqreplicate=0",
         FLOOD_TABLE: "size=12;autoexpire=10;updateexpire=0;initval=0",
         AUTHFAIL_TABLE: "size=10;autoexpire=60;updateexpire=0;initval=0",
-        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS}",
+        WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS};dmqreplicate=0",
     }
-    assert "dmqreplicate=1" in htable_definitions(SECURITY, replicate_bans=True)[BANS_TABLE]
+    clustered = htable_definitions(SECURITY, clustered=True)
+    assert "dmqreplicate=1" in clustered[BANS_TABLE]
+    assert "dmqreplicate=1" in clustered[WITHDRAWN_TABLE]
 
 
 def test_a_withdrawal_is_remembered_longer_than_a_refresh_can_go_unsent() -> None:
-    assert WITHDRAWN_SECONDS > lean_redis.UNCHANGED_EXPIRY_SECONDS + 1  # htable: 1 s steps
+    assert WITHDRAWN_SECONDS > lean_redis.REPUBLISH_AFTER_SECONDS + 1  # htable: 1 s steps
 
 
 def test_up_to_the_limit_is_no_flood_one_more_is_a_ban(
@@ -238,7 +240,7 @@ def test_list_of_nothing_is_empty(bans: BanList) -> None:
 
 def test_counters_need_an_initval_or_kamailio_never_creates_them(redis_server: FakeRedis) -> None:
     # Without initval, Kamailio's sht_inc of a missing item fails: nothing would count.
-    definitions = htable_definitions(SECURITY, replicate_bans=False)
+    definitions = htable_definitions(SECURITY, clustered=False)
     for table in (FLOOD_TABLE, AUTHFAIL_TABLE):
         definitions[table] = definitions[table].replace(";initval=0", "")
     broken = EdgeGuard(FakeHtables(definitions, clock=lambda: redis_server.now),
