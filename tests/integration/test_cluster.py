@@ -94,6 +94,38 @@ def test_a_digest_nonce_from_one_node_is_accepted_by_another(
         phone.close()
 
 
+def test_an_agent_unregistered_through_one_node_is_published_again_by_the_other(
+    running_stack: RunningStack, second_kamailio: str
+) -> None:
+    """Node A's workers published the agent's contact a moment ago, so a refresh would
+    send nothing; the phone unregisters through node B and registers again through A at
+    once: the withdrawal's mark reaches A over DMQ, and A publishes the contact again
+    before its 200 OK."""
+    from .test_sip_edge import Tokens, UdpPhone
+
+    token = Tokens(running_stack).agent("1001")
+    node_b = (PEER_NODE_IP, int(second_kamailio.rsplit(":", 1)[1]))
+    shared = redis_lib.Redis(host="127.0.0.1", port=running_stack.config.services.redis.port)
+    key = agent_contact("default", "1001")
+    for round_ in range(4):  # each from its own address: the flood counter is per source
+        phone = UdpPhone(running_stack.proxy, f"127.0.0.{80 + round_}", "1001", token)
+        node_a = phone.proxy
+        try:
+            for _ in range(8):  # every worker of node A has published the contact
+                assert phone.register(60) == 200
+            phone.proxy = node_b
+            assert phone.register(0) == 200
+            assert not shared.exists(key)
+            time.sleep(0.2)  # DMQ's way to node A; well within the second
+            phone.proxy = node_a
+            for attempt in range(8):
+                assert phone.register(60) == 200
+                assert shared.exists(key), f"round {round_}, {attempt}: not reachable"
+            assert phone.register(0) == 200  # no binding left behind for other tests
+        finally:
+            phone.close()
+
+
 def test_a_ban_made_by_one_node_holds_on_the_other_and_unban_lifts_both(
     running_stack: RunningStack, second_kamailio: str
 ) -> None:

@@ -247,6 +247,7 @@ def test_an_agent_registered_again_right_after_unregistering_is_reachable(
                 assert phone.register(60) == 200
                 assert store.exists(key), f"round {round_}, {attempt}: not reachable"
                 assert 50 <= store.ttl(key) <= 60
+            assert phone.register(0) == 200  # no binding left behind for other tests
         finally:
             phone.close()
 
