@@ -330,7 +330,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             KSR.textopsx.msg_apply_changes()
         if KSR.registrar.save("location", REG_SAVE_NO_REPLY) < 0:
             if publish:
-                self.forget_contact(identity)
+                self.delete_contact(self.mark_withdrawn(identity))
             KSR.sl.sl_reply_error()
             return
         if leaving:
@@ -340,16 +340,15 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     def withdraw(self, identity):
         """The agent unregistered: the ACD takes it OFFLINE now (a ringing reservation is
         withdrawn), not when matching next meets it — before the 200 OK is sent."""
-        self.mark_withdrawn(identity)  # before the ACD deletes the key
+        key = self.mark_withdrawn(identity)  # before the ACD deletes the key
         try:
             self.acd().unregister(identity.tenant.name, identity.extension)
         except Exception:
             KSR.err(f"omnicc: cannot tell the ACD of an unregistration: "
                     f"{one_line_traceback()}\n")
-        self.forget_contact(identity)  # whatever the ACD said, it is unreachable
+        self.delete_contact(key)  # whatever the ACD said, it is unreachable
 
-    def forget_contact(self, identity):
-        key = self.mark_withdrawn(identity)
+    def delete_contact(self, key):
         try:
             if self.admission is not None:
                 # On the admission's connection: after any refresh of it sent unwaited.

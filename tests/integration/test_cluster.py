@@ -101,27 +101,29 @@ def test_an_agent_unregistered_through_one_node_is_published_again_by_the_other(
     send nothing; the phone unregisters through node B and registers again through A at
     once: the withdrawal's mark reaches A over DMQ, and A publishes the contact again
     before its 200 OK."""
-    from .test_sip_edge import Tokens, UdpPhone
+    from .test_digest_replay import RawPhone, status
+    from .test_sip_edge import Tokens
 
-    token = Tokens(running_stack).agent("1001")
+    bearer = f"Bearer {Tokens(running_stack).agent('1001')}"
     node_b = (PEER_NODE_IP, int(second_kamailio.rsplit(":", 1)[1]))
     shared = redis_lib.Redis(host="127.0.0.1", port=running_stack.config.services.redis.port)
     key = agent_contact("default", "1001")
     for round_ in range(4):  # each from its own address: the flood counter is per source
-        phone = UdpPhone(running_stack.proxy, f"127.0.0.{80 + round_}", "1001", token)
-        node_a = phone.proxy
+        phone = RawPhone(running_stack, source_ip=f"127.0.0.{80 + round_}", extension="1001")
+        node_a = phone.server
         try:
             for _ in range(8):  # every worker of node A has published the contact
-                assert phone.register(60) == 200
-            phone.proxy = node_b
-            assert phone.register(0) == 200
+                assert status(phone.register(60, bearer)) == 200
+            phone.server = node_b
+            assert status(phone.register(0, bearer)) == 200
             assert not shared.exists(key)
             time.sleep(0.2)  # DMQ's way to node A; well within the second
-            phone.proxy = node_a
+            phone.server = node_a
             for attempt in range(8):
-                assert phone.register(60) == 200
+                assert status(phone.register(60, bearer)) == 200
                 assert shared.exists(key), f"round {round_}, {attempt}: not reachable"
-            assert phone.register(0) == 200  # no binding left behind for other tests
+            # No binding left behind for other tests.
+            assert status(phone.register(0, bearer)) == 200
         finally:
             phone.close()
 

@@ -181,51 +181,6 @@ def test_revoked_token_and_disabled_agent_are_refused_on_the_next_request(
     assert register(fresh, "enabled").returncode == 0
 
 
-class UdpPhone:
-    """A phone refreshing its bearer registration from one address (same Call-ID, next
-    CSeq), over a plain UDP socket: milliseconds a REGISTER, where a SIPp run takes a
-    tenth of a second — for what must happen within a second."""
-
-    def __init__(self, proxy: str, local_ip: str, extension: str, token: str):
-        host, port = proxy.rsplit(":", 1)
-        self.proxy = (host, int(port))
-        self.extension, self.token = extension, token
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((local_ip, 0))
-        self.sock.settimeout(5)
-        self.call_id = f"udp-phone-{local_ip}-{now_id()}"
-        self.cseq = 0
-
-    def register(self, expires: int) -> int:
-        """One REGISTER; its final status."""
-        self.cseq += 1
-        local_ip, local_port = self.sock.getsockname()[:2]
-        ext = self.extension
-        request = (
-            f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {local_ip}:{local_port};branch=z9hG4bK{now_id()}{self.cseq};"
-            "rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:{ext}@{DOMAIN}>;tag=p{local_port}\r\n"
-            f"To: <sip:{ext}@{DOMAIN}>\r\n"
-            f"Call-ID: {self.call_id}\r\n"
-            f"CSeq: {self.cseq} REGISTER\r\n"
-            f"Contact: <sip:{ext}@{local_ip}:{local_port}>\r\n"
-            f"Expires: {expires}\r\n"
-            f"Authorization: Bearer {self.token}\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
-        self.sock.sendto(request.encode(), self.proxy)
-        while True:
-            reply = self.sock.recv(65535).decode(errors="replace")
-            status = int(reply.split()[1])
-            if status >= 200 and f"CSeq: {self.cseq} REGISTER" in reply:
-                return status
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_an_agent_registered_again_right_after_unregistering_is_reachable(
     running_stack: RunningStack, tokens: Tokens
 ) -> None:
@@ -236,18 +191,22 @@ def test_an_agent_registered_again_right_after_unregistering_is_reachable(
     store = running_stack.redis()
     key = agent_contact("default", "1001")
     token = tokens.agent("1001")
+    from .test_digest_replay import RawPhone, status
+
+    bearer = f"Bearer {token}"
     for round_ in range(6):  # each from its own address: the flood counter is per source
-        phone = UdpPhone(running_stack.proxy, f"127.0.0.{70 + round_}", "1001", token)
+        phone = RawPhone(running_stack, source_ip=f"127.0.0.{70 + round_}", extension="1001")
         try:
             for _ in range(WORKER_ROUNDS):  # every worker has published the contact
-                assert phone.register(60) == 200
-            assert phone.register(0) == 200
+                assert status(phone.register(60, bearer)) == 200
+            assert status(phone.register(0, bearer)) == 200
             assert not store.exists(key)
             for attempt in range(WORKER_ROUNDS):
-                assert phone.register(60) == 200
+                assert status(phone.register(60, bearer)) == 200
                 assert store.exists(key), f"round {round_}, {attempt}: not reachable"
                 assert 50 <= store.ttl(key) <= 60
-            assert phone.register(0) == 200  # no binding left behind for other tests
+            # No binding left behind for other tests.
+            assert status(phone.register(0, bearer)) == 200
         finally:
             phone.close()
 
