@@ -88,7 +88,7 @@ from omnicc.auth_secrets import (
 )
 from omnicc.config import OmniccConfig, load_config
 from omnicc.ephemeral import mint_credentials, tenant_secret
-from omnicc.kamailio_rpc import KamailioRpcError, call, fifo_path
+from omnicc.kamailio_rpc import call, dmq_peer_active, fifo_path
 from omnicc.keys import agent_contact
 from omnicc.sipprobe import sip_options_ping
 from omnicc.stack import KAMAILIO_PKG_MB, KAMAILIO_SHM_MB, KamailioService, Stack
@@ -1768,18 +1768,12 @@ def wait_for_dmq_peer(server: Server, timeout: float = 30.0) -> None:
     unreplicated, and the replication cost unmeasured)."""
     assert server.rpc_fifo is not None
     deadline = time.monotonic() + timeout
-    nodes: object = None
     while time.monotonic() < deadline:
-        try:
-            nodes = call(server.rpc_fifo, "dmq.list_nodes")
-        except KamailioRpcError as exc:
-            nodes = str(exc)
-        entries = nodes if isinstance(nodes, list) else []
-        if any(isinstance(node, dict) and not node.get("local") and
-               node.get("status") == "active" for node in entries):
+        if dmq_peer_active(server.rpc_fifo):
             return
         time.sleep(0.5)
-    raise SystemExit(f"{server.name}: its DMQ peer is not active after {timeout:g} s: {nodes}")
+    raise SystemExit(f"{server.name}: its DMQ peer is not active after {timeout:g} s "
+                     "(RPC dmq.list_nodes)")
 
 
 # ---------------------------------------------------------------------------- configs

@@ -67,6 +67,17 @@ def call(fifo: Path, method: str, *params: Any, timeout: float = 5.0,
         reply.unlink(missing_ok=True)
 
 
+def dmq_peer_active(fifo: Path) -> bool:
+    """Whether this Kamailio's DMQ lists another node as active (replication reaches it)."""
+    try:
+        nodes = call(fifo, "dmq.list_nodes")
+    except KamailioRpcError:
+        return False
+    return isinstance(nodes, list) and any(
+        isinstance(node, dict) and not node.get("local") and node.get("status") == "active"
+        for node in nodes)
+
+
 def is_missing_key(error: KamailioRpcError) -> bool:
     """htable.get / htable.delete of a key the table does not hold (the wording varies)."""
     text = str(error).lower()

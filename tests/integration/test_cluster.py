@@ -13,6 +13,7 @@ import redis as redis_lib
 
 from omnicc import sipp
 from omnicc.config import load_config
+from omnicc.kamailio_rpc import dmq_peer_active, fifo_path
 from omnicc.keys import agent_contact
 from omnicc.stack import Stack
 
@@ -40,7 +41,14 @@ def second_kamailio(running_stack: RunningStack):
     text = text.replace("node: it-main", "node: it-node-b")
     text = text.replace(f"listen: {config.services.listen}", f"listen: {PEER_NODE_IP}")
     text = re.sub(r"kamailio: \{port: \d+\}", f"kamailio: {{port: {peer.port}}}", text)
-    with kamailio_beside(running_stack, "node-b", text):
+    with kamailio_beside(running_stack, "node-b", text) as node_b:
+        # Replication (bans, withdrawals, registrations) reaches only a peer DMQ knows.
+        fifos = [fifo_path(running_stack.stack.run_dir), fifo_path(node_b.run_dir)]
+        deadline = time.monotonic() + 20
+        while not all(dmq_peer_active(fifo) for fifo in fifos):
+            if time.monotonic() > deadline:
+                pytest.fail("node A and node B do not list each other as active DMQ peers")
+            time.sleep(0.2)
         yield f"{PEER_NODE_IP}:{peer.port}"
 
 
