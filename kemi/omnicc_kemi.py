@@ -24,7 +24,12 @@ import KSR  # noqa: E402  (provided by app_python3)
 from omnicc.agent_auth import ADMIT_LUA, AgentAuthenticator, AuthFailure  # noqa: E402
 from omnicc.config import load_config  # noqa: E402
 from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
-from omnicc.lean_redis import TrackedAdmission  # noqa: E402
+from omnicc.lean_redis import (  # noqa: E402
+    LeanRedisError,
+    ReachabilityWriter,
+    TrackedAdmission,
+    encode_refresh,
+)
 from omnicc.node_failover import marked_final  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
     bearer_challenge,
@@ -58,6 +63,11 @@ AUTH_CHALLENGE_QOP = 1  # auth_challenge() flag: qop=auth (nonce counts can be c
 AUTH_CHALLENGE_STALE = 16  # auth_challenge() flag: stale=true
 ASTERISK_RING_TIMEOUT_MS = 120000
 LOOSE_ROUTE_PRELOADED = -3  # loose_route(): next hop taken from a preloaded route set
+# Refreshes of published reachability, queued by the workers for the flusher (rtimer,
+# kamailio.cfg) to write back; past REFRESH_QUEUE_MAX a worker sends its own.
+REFRESH_QUEUE = "omnicc_refresh"
+REFRESH_QUEUE_MAX = 50000
+MQUEUE_FETCHED = 1  # mq_fetch(): an item was taken (-2: the queue is empty)
 # What a trunk may call: omnicc.outbound.check_dialled_number's characters and length.
 CALLED_NUMBER_RE = re.compile(r"\+?[0-9*#]{1,32}")
 
@@ -88,9 +98,18 @@ def lean_admission(url, lua, tables):
         return TrackedAdmission(
             url, lua, timeout=0.5, log=lambda message: KSR.warn(f"omnicc: {message}\n"),
             # An unregistration through any worker (or node) marked it: publish it again.
-            recently_withdrawn=lambda key: tables.get(WITHDRAWN_TABLE, key) is not None)
+            recently_withdrawn=lambda key: tables.get(WITHDRAWN_TABLE, key) is not None,
+            defer=queue_refresh)
     except ValueError:
         return None
+
+
+def queue_refresh(key, value, ttl):
+    """Hand a reachability refresh to the flusher; False (the worker sends it) when the
+    queue is full."""
+    if KSR.mqueue.mq_size(REFRESH_QUEUE) >= REFRESH_QUEUE_MAX:
+        return False
+    return KSR.mqueue.mq_add(REFRESH_QUEUE, key, encode_refresh(value, ttl, time.time())) > 0
 
 
 def one_line_traceback():
@@ -114,7 +133,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.redis = None
         self.admission = None
         self.tables = None
+        self.redis_url = ""
         self._acd = None
+        self._writer = None
 
     def child_init(self, rank):
         # Each worker has its own interpreter: load the config and open Redis here.
@@ -129,6 +150,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             import redis
 
             url = os.environ.get("OMNICC_REDIS_URL", "redis://127.0.0.1:6379/0")
+            self.redis_url = url
             # The per-request admission goes over a lean connection of its own (a quarter
             # of redis-py's CPU); everything rarer uses redis-py.
             self.tables = NodeHtables()
@@ -338,15 +360,16 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         KSR.registrar.reg_send_reply()
 
     def withdraw(self, identity):
-        """The agent unregistered: the ACD takes it OFFLINE now (a ringing reservation is
-        withdrawn), not when matching next meets it — before the 200 OK is sent."""
-        key = self.mark_withdrawn(identity)  # before the ACD deletes the key
+        """The agent unregistered: unreachable, and the ACD takes it OFFLINE now (a ringing
+        reservation is withdrawn), not when matching next meets it — before the 200 OK."""
+        # The key goes first, with its tombstone: a refresh the flusher writes back after
+        # the ACD looked cannot bring it back.
+        self.delete_contact(self.mark_withdrawn(identity))
         try:
             self.acd().unregister(identity.tenant.name, identity.extension)
         except Exception:
             KSR.err(f"omnicc: cannot tell the ACD of an unregistration: "
                     f"{one_line_traceback()}\n")
-        self.delete_contact(key)  # whatever the ACD said, it is unreachable
 
     def delete_contact(self, key):
         try:
@@ -415,6 +438,32 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if KSR.is_INVITE() and KSR.nathelper.nat_uac_test(19) > 0:
             KSR.nathelper.fix_nated_contact()
         self.route_to_asterisk(identity.tenant.name, agent=identity.extension)
+
+    # ------------------------------------------------------------------ rtimer
+    def ksr_flush_refreshes(self, msg, event=None):
+        """The flusher (an rtimer process, kamailio.cfg): write back the refreshes the
+        workers queued, in one round trip. One that was not written is marked withdrawn,
+        so the agent's next REGISTER publishes its contact with a round trip."""
+        refreshes = []
+        try:
+            while (len(refreshes) < REFRESH_QUEUE_MAX
+                   and KSR.mqueue.mq_fetch(REFRESH_QUEUE) == MQUEUE_FETCHED):
+                refreshes.append((KSR.mqueue.mqk_get(REFRESH_QUEUE),
+                                  KSR.mqueue.mqv_get(REFRESH_QUEUE)))
+            if not refreshes:
+                return 1
+            if self._writer is None:
+                self._writer = ReachabilityWriter(self.redis_url, timeout=0.5)
+            unwritten = self._writer.write(refreshes, time.time())
+        except LeanRedisError as exc:
+            KSR.err(f"omnicc: {len(refreshes)} reachability refreshes not written: {exc}\n")
+            unwritten = [key for key, _ in refreshes]
+        except Exception:
+            KSR.err(f"omnicc: exception in the refresh flusher: {one_line_traceback()}\n")
+            unwritten = [key for key, _ in refreshes]
+        for key in unwritten:
+            self.tables.set_expiring(WITHDRAWN_TABLE, key, "1", WITHDRAWN_SECONDS)
+        return 1
 
     # ------------------------------------------------------------------ failure route
     def ksr_failure_next_asterisk(self, msg):

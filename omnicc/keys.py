@@ -32,6 +32,13 @@ def agent_contact(tenant: str, extension: str) -> str:
     return f"{tenant_tag(tenant)}:agent:{extension}:contact"
 
 
+def contact_withdrawn(contact_key: str) -> str:
+    """Set for a few seconds after an unregistration deleted `contact_key` (same slot): a
+    refresh of it written back later (Kamailio's reachability flusher) must not bring it
+    back."""
+    return f"{contact_key}:withdrawn"
+
+
 def agent_hash(tenant: str, extension: str) -> str:
     """The agent's ACD state: state, reason, since, call, lease_until, wrapup_until,
     last_ended, calls_taken, wrapup_ms (override)."""

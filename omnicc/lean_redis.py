@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from omnicc.keys import contact_withdrawn
+
 
 class LeanRedisError(Exception):
     """Redis could not be reached or answered with an error."""
@@ -156,14 +158,18 @@ class RespConnection:
         """Send one command and return its reply (an error reply as LeanRedisError value),
         after the owed replies before it. Raises OSError/ValueError when the connection
         fails (and closes it); LeanRedisError when connecting is refused."""
+        return self.pipeline([command])[0]
+
+    def pipeline(self, commands: list[bytes]) -> list[Any]:
+        """Send commands in one write and return their replies, in order (as request)."""
         try:
             if self._sock is None:
                 self._connect()
             assert self._sock is not None
-            self._sock.sendall(command)
+            self._sock.sendall(b"".join(commands))
             while self._owed:
                 self._owed_reply(self._next_reply(blocking=True))
-            return self._next_reply(blocking=True)
+            return [self._next_reply(blocking=True) for _ in commands]
         except (OSError, ValueError):
             self.close()
             raise
@@ -346,6 +352,10 @@ PUBLISHED_MARGIN_SECONDS = 2.0
 # REGISTER loop, a load test's or a misbehaving phone's, is spared a write per request.)
 REPUBLISH_AFTER_SECONDS = 1.0
 EXPIRY_DRIFT_SECONDS = 1.0
+# A refresh of a contact whose key (as this worker published it) lives at least this
+# long yet may be handed to `defer` (written back by Kamailio's flusher within
+# milliseconds) instead of being sent by the worker.
+DEFER_MARGIN_SECONDS = 10.0
 # Memory bound per worker: past this many remembered keys, forget them all.
 TRACKED_KEYS_MAX = 100_000
 
@@ -364,7 +374,10 @@ class TrackedAdmission:
     is published with a round trip next time; one a broken connection swallowed is
     published again with the next round trip) — or nothing, if this worker published it
     less than REPUBLISH_AFTER_SECONDS ago expiring within EXPIRY_DRIFT_SECONDS of the new
-    expiry. Everything else — a contact new to this worker, or that
+    expiry. With `defer(contact key, value, ttl)` (the KEMI script queues it for its
+    flusher, ReachabilityWriter), a refresh of a key that lives DEFER_MARGIN_SECONDS yet
+    is handed over instead of sent, if defer takes it (returns True).
+    Everything else — a contact new to this worker, or that
     `recently_withdrawn(contact key)` says was deleted since (by an unregistration through
     another worker or node), an invalidated flag, a connection that closed, was silent for
     TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits. `log`
@@ -373,7 +386,8 @@ class TrackedAdmission:
 
     def __init__(self, url: str, script: str, *, timeout: float = 0.5,
                  log: Callable[[str], None] | None = None,
-                 recently_withdrawn: Callable[[str], bool] | None = None):
+                 recently_withdrawn: Callable[[str], bool] | None = None,
+                 defer: Callable[[str, str, int], bool] | None = None):
         self._connection = RespConnection(url, timeout=timeout, tracking=True,
                                           on_push=self._invalidated,
                                           on_owed_reply=self._owed_reply)
@@ -381,6 +395,7 @@ class TrackedAdmission:
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         self._log = log or (lambda message: None)
         self._recently_withdrawn = recently_withdrawn or (lambda contact: False)
+        self._defer = defer
         self._absent: set[str] = set()  # flags the script found absent, still tracked
         # contact key: (value, expiry, when this worker sent it)
         self._published: dict[str, tuple[str, float, float]] = {}
@@ -401,6 +416,10 @@ class TrackedAdmission:
                     and not self._recently_withdrawn(contact)):
                 if (now - known[2] < REPUBLISH_AFTER_SECONDS
                         and abs(known[1] - (now + ttl)) <= EXPIRY_DRIFT_SECONDS):
+                    return 0
+                if (self._defer is not None and known[1] - now >= DEFER_MARGIN_SECONDS
+                        and self._defer(contact, value, ttl)):
+                    self._published[contact] = (value, now + ttl, now)
                     return 0
                 try:
                     self._connection.send_nowait(_command("SET", contact, value, "EX", ttl),
@@ -425,16 +444,21 @@ class TrackedAdmission:
 
     def withdraw(self, contact: str) -> None:
         """Delete a reachability key, after every SET this worker sent for it (same
-        connection, so in order). Raises LeanRedisError."""
+        connection, so in order), leaving its tombstone (keys.contact_withdrawn) so no
+        refresh written back later brings it back. Raises LeanRedisError."""
         self._published.pop(contact, None)
         self._republish.pop(contact, None)
         try:
-            reply = self._connection.request(_command("DEL", contact))
+            replies = self._connection.pipeline([
+                _command("SET", contact_withdrawn(contact), "1",
+                         "PX", CONTACT_TOMBSTONE_MS),
+                _command("DEL", contact)])
         except (OSError, ValueError) as exc:
             self._connection_lost()
             raise LeanRedisError(f"Redis unavailable: {exc}") from None
-        if isinstance(reply, LeanRedisError):
-            raise reply
+        for reply in replies:
+            if isinstance(reply, LeanRedisError):
+                raise reply
 
     def forget(self) -> None:
         self._absent.clear()
@@ -507,3 +531,84 @@ class TrackedAdmission:
             name = key.decode() if isinstance(key, bytes) else str(key)
             self._absent.discard(name)
             self._published.pop(name, None)
+
+
+# ---------------------------------------------------------------------- write-back
+# How long an unregistration's tombstone lives; a refresh queued longer ago than
+# DEFERRED_MAX_AGE_SECONDS (well inside it) is not written back.
+CONTACT_TOMBSTONE_MS = 5000
+DEFERRED_MAX_AGE_SECONDS = 2.0
+
+# KEYS: contact key, its tombstone. ARGV: contact, TTL in ms. Returns 1 if written, 0 if
+# the agent unregistered since (the tombstone is there).
+REFRESH_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def encode_refresh(value: str, ttl: int, now: float) -> str:
+    """A deferred refresh as the KEMI script queues it: when it was queued and when it
+    expires (wall clock, ms: the flusher is another process), then the contact."""
+    queued_ms = int(now * 1000)
+    return f"{queued_ms} {queued_ms + ttl * 1000} {value}"
+
+
+def decode_refresh(item: str) -> tuple[int, int, str]:
+    """(queued ms, expiry ms, contact); ValueError for anything else."""
+    queued, expiry, value = item.split(" ", 2)
+    return int(queued), int(expiry), value
+
+
+class ReachabilityWriter:
+    """Writes back the refreshes workers deferred (TrackedAdmission's `defer`), many per
+    round trip: one pipelined REFRESH_LUA per contact key (each key's own slot), which
+    never brings back a key an unregistration deleted since. Used by one process (the
+    KEMI script's flusher)."""
+
+    def __init__(self, url: str, *, timeout: float = 0.5):
+        self._connection = RespConnection(url, timeout=timeout)
+        self._sha = hashlib.sha1(REFRESH_LUA.encode()).hexdigest()
+
+    def write(self, refreshes: list[tuple[str, str]], now: float) -> list[str]:
+        """refreshes: (contact key, encode_refresh item). Returns the keys not written: the
+        agent unregistered since, the item is too old, expired or garbled, or Redis
+        refused. Raises LeanRedisError when Redis cannot be reached (nothing written)."""
+        now_ms = int(now * 1000)
+        unwritten: list[str] = []
+        due: list[tuple[str, str, int]] = []
+        for key, item in refreshes:
+            try:
+                queued_ms, expiry_ms, value = decode_refresh(item)
+            except ValueError:
+                unwritten.append(key)
+                continue
+            if (now_ms - queued_ms > DEFERRED_MAX_AGE_SECONDS * 1000
+                    or expiry_ms - now_ms < 1000):
+                unwritten.append(key)
+            else:
+                due.append((key, value, expiry_ms - now_ms))
+        if not due:
+            return unwritten
+        replies = self._send(due, "EVALSHA", self._sha)
+        if any(_noscript(reply) for reply in replies):  # Redis restarted or SCRIPT FLUSH
+            replies = self._send(due, "EVAL", REFRESH_LUA)
+        unwritten.extend(key for (key, _, _), reply in zip(due, replies, strict=True)
+                         if reply != 1)
+        return unwritten
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def _send(self, due: list[tuple[str, str, int]], verb: str, script: str) -> list[Any]:
+        try:
+            return self._connection.pipeline([
+                _command(verb, script, 2, key, contact_withdrawn(key), value, ttl_ms)
+                for key, value, ttl_ms in due])
+        except (OSError, ValueError) as exc:
+            raise LeanRedisError(f"Redis unavailable: {exc}") from None
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, LeanRedisError) and str(reply).startswith("NOSCRIPT")

@@ -366,3 +366,121 @@ def test_a_server_refusing_client_tracking_is_asked_every_time(server: RedisServ
     finally:
         tracked.close()
         client.acl_deluser("notrack")
+
+
+# ---------------------------------------------------------------------- write-back
+def deferring(server: RedisServer, accept: bool = True,
+              ) -> tuple[TrackedAdmission, list[tuple[str, str, int]]]:
+    handed: list[tuple[str, str, int]] = []
+
+    def defer(key: str, value: str, ttl: int) -> bool:
+        handed.append((key, value, ttl))
+        return accept
+
+    return TrackedAdmission(server.url, ADMIT_LUA, defer=defer), handed
+
+
+def test_a_refresh_of_a_long_lived_contact_is_handed_over_not_sent(
+        server: RedisServer, client: redis.Redis) -> None:
+    client.config_resetstat()
+    tracked, handed = deferring(server)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0  # new: published with the round trip
+        assert handed == []
+        assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0
+        assert handed == [(CONTACT, CONTACT_VALUE, 600)]
+        assert tracked(KEYS, ["", 1]) == 0
+        assert set_calls(client) == 1  # the worker sent no SET for the refresh
+    finally:
+        tracked.close()
+
+
+def test_a_refresh_the_queue_refuses_is_sent_by_the_worker(server: RedisServer,
+                                                          client: redis.Redis) -> None:
+    client.config_resetstat()
+    tracked, handed = deferring(server, accept=False)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0
+        assert handed == [(CONTACT, CONTACT_VALUE, 600)]
+        assert tracked(KEYS, ["", 1]) == 0  # reads the SET's reply
+        assert set_calls(client) == 2
+        assert client.ttl(CONTACT) > 590
+    finally:
+        tracked.close()
+
+
+def test_a_contact_close_to_its_expiry_is_not_handed_over(server: RedisServer,
+                                                          client: redis.Redis) -> None:
+    tracked, handed = deferring(server)
+    try:
+        ttl = int(lean_redis.DEFER_MARGIN_SECONDS) - 1  # the key lives less than the margin
+        assert tracked(KEYS, [CONTACT_VALUE, ttl]) == 0
+        assert tracked(KEYS, [CONTACT_VALUE, 600]) == 0
+        assert handed == []
+        assert tracked(KEYS, ["", 1]) == 0
+        assert client.ttl(CONTACT) > 590
+    finally:
+        tracked.close()
+
+
+def queued(value: str, ttl: int, age: float = 0.0) -> str:
+    return lean_redis.encode_refresh(value, ttl, time.time() - age)
+
+
+@pytest.fixture
+def writer(server: RedisServer) -> Iterator[lean_redis.ReachabilityWriter]:
+    writer = lean_redis.ReachabilityWriter(server.url)
+    yield writer
+    writer.close()
+
+
+def test_the_write_back_extends_every_queued_contact(writer: lean_redis.ReachabilityWriter,
+                                                     client: redis.Redis) -> None:
+    keys = [f"{{t:d}}:agent:{n}:contact" for n in range(50)]
+    for key in keys:
+        client.set(key, CONTACT_VALUE, ex=30)
+    assert writer.write([(key, queued(CONTACT_VALUE, 600)) for key in keys], time.time()) == []
+    assert all(590 <= client.ttl(key) <= 600 for key in keys)
+    # A key another process lost meanwhile (FLUSHALL, a restart) is written again.
+    client.delete(keys[0])
+    assert writer.write([(keys[0], queued(CONTACT_VALUE, 600))], time.time()) == []
+    assert client.get(keys[0]) == CONTACT_VALUE
+
+
+def test_the_write_back_never_brings_back_an_unregistered_agent(
+        server: RedisServer, writer: lean_redis.ReachabilityWriter,
+        client: redis.Redis) -> None:
+    tracked, _ = deferring(server)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        refresh = queued(CONTACT_VALUE, 600)  # queued, then the phone unregistered
+        tracked.withdraw(CONTACT)
+        assert writer.write([(CONTACT, refresh)], time.time()) == [CONTACT]
+        assert client.exists(CONTACT) == 0
+    finally:
+        tracked.close()
+
+
+def test_stale_or_garbled_refreshes_are_not_written(writer: lean_redis.ReachabilityWriter,
+                                                   client: redis.Redis) -> None:
+    too_old = queued(CONTACT_VALUE, 600, age=lean_redis.DEFERRED_MAX_AGE_SECONDS + 1)
+    expired = queued(CONTACT_VALUE, 1, age=0.5)
+    refreshes = [(CONTACT, too_old), (CONTACT, expired), (CONTACT, "garbage"),
+                 (CONTACT, "1 x sip:1@h")]
+    assert writer.write(refreshes, time.time()) == [CONTACT] * 4
+    assert client.exists(CONTACT) == 0
+
+
+def test_the_write_back_survives_a_flushed_script_cache(writer: lean_redis.ReachabilityWriter,
+                                                        client: redis.Redis) -> None:
+    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.time()) == []
+    client.script_flush()
+    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 600))], time.time()) == []
+    assert client.ttl(CONTACT) > 590
+
+
+def test_the_write_back_to_a_redis_gone_is_an_error() -> None:
+    writer = lean_redis.ReachabilityWriter("redis://127.0.0.1:1/0", timeout=0.2)
+    with pytest.raises(LeanRedisError):
+        writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.time())

@@ -211,6 +211,53 @@ def test_an_agent_registered_again_right_after_unregistering_is_reachable(
             phone.close()
 
 
+def test_a_refresh_is_written_back_by_the_nodes_flusher(running_stack: RunningStack,
+                                                       tokens: Tokens) -> None:
+    """A REGISTER that refreshes a contact its worker already published is queued, and
+    Kamailio's flusher process (rtimer, KEMI ksr_flush_refreshes) writes it to Redis: the
+    reachability's TTL follows the new expiry within moments; an unregistration still
+    removes it."""
+    from omnicc import kamailio_rpc
+    from omnicc.lean_redis import REFRESH_LUA
+    from omnicc.sip_security import WITHDRAWN_SECONDS, WITHDRAWN_TABLE
+
+    from .test_digest_replay import RawPhone, status
+
+    store = running_stack.redis()
+    key = agent_contact("default", "1001")
+    # An earlier test's unregistration makes every worker publish 1001 with a round trip
+    # for a few seconds (the node's `withdrawn` htable): wait until that has passed.
+    fifo = kamailio_rpc.fifo_path(running_stack.stack.run_dir)
+    deadline = time.monotonic() + WITHDRAWN_SECONDS + 2
+    while time.monotonic() < deadline:
+        try:
+            kamailio_rpc.call(fifo, "htable.get", WITHDRAWN_TABLE, key)
+        except kamailio_rpc.KamailioRpcError as error:
+            assert kamailio_rpc.is_missing_key(error), error
+            break
+        time.sleep(0.2)
+    bearer = f"Bearer {tokens.agent('1001')}"
+    refresh_script = hashlib.sha1(REFRESH_LUA.encode()).hexdigest()
+    phone = RawPhone(running_stack, source_ip="127.0.0.80", extension="1001")
+    try:
+        for _ in range(WORKER_ROUNDS):  # every worker has published the contact
+            assert status(phone.register(60, bearer)) == 200
+        store.script_flush()  # so the flusher's script shows when it runs
+        # A longer expiry: not a refresh that moves nothing (those send nothing at all).
+        for _ in range(WORKER_ROUNDS):
+            assert status(phone.register(600, bearer)) == 200
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not store.script_exists(refresh_script)[0]:
+            time.sleep(0.05)
+        assert store.script_exists(refresh_script)[0], "the flusher wrote nothing"
+        assert 590 <= store.ttl(key) <= 600
+        assert status(phone.register(0, bearer)) == 200
+        time.sleep(0.2)  # a refresh still queued would be written back by now
+        assert not store.exists(key)
+    finally:
+        phone.close()
+
+
 def test_a_64_kb_authorization_header_is_refused(running_stack: RunningStack,
                                                  sipp_dir: Path) -> None:
     run = register_bearer(running_stack, sipp_dir, "1001", "A" * 65536, "huge",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ AUTH_USER_MISMATCH = -8
 
 # Sub-modules and functions of KSR that the fake provides, by the name the script uses.
 SUBMODULES = ("pv", "sl", "tm", "rr", "hdr", "registrar", "auth", "dispatcher", "maxfwd",
-              "sanity", "siputils", "dialog", "nathelper", "htable", "dmq", "textopsx")
+              "sanity", "siputils", "dialog", "nathelper", "htable", "dmq", "textopsx",
+              "mqueue")
 FUNCTIONS = ("is_INVITE", "is_ACK", "is_BYE", "is_CANCEL", "is_REGISTER", "is_OPTIONS",
              "is_MESSAGE", "is_myself_ruri", "force_rport", "err", "warn", "info", "dbg")
 
@@ -128,10 +130,13 @@ class FakeKSR:
         results: dict[str, int] | None = None,
         raises: dict[str, Exception] | None = None,
         htables: Any = None,
+        mqueues: dict[str, deque[tuple[str, str]]] | None = None,
     ) -> None:
         self.request = request
         # The node's htables (tests/unit/fake_htable.FakeHtables), shared by its workers.
         self.htables = htables
+        # The node's memory queues (mqueue), by name, also shared.
+        self.mqueues = mqueues if mqueues is not None else {}
         # Return values that override the modelled ones, by call name ("tm.t_relay": -1).
         self.results = dict(results or {})
         # Exceptions to raise when a call of that name is made.
@@ -158,6 +163,7 @@ class FakeKSR:
         self.htable = FakeHtable(self)
         self.dmq = FakeDmq(self)
         self.textopsx = FakeTextopsx(self)
+        self.mqueue = FakeMqueue(self)
 
     # ------------------------------------------------------------------ recording
     def call(self, name: str, *args: Any, result: Any) -> Any:
@@ -534,6 +540,37 @@ class FakeHtable(_Part):
     def sht_rm(self, table: str, key: str) -> int:
         self._tables().remove(table, key)
         return self._call("sht_rm", table, key, result=1)
+
+
+class FakeMqueue(_Part):
+    """KSR.mqueue over the node's queues: mq_fetch takes the oldest item (1), -2 when the
+    queue is empty; mqk_get/mqv_get read the item fetched last."""
+
+    prefix = "mqueue"
+
+    def __init__(self, ksr: FakeKSR) -> None:
+        super().__init__(ksr)
+        self._fetched: dict[str, tuple[str, str]] = {}
+
+    def mq_add(self, queue: str, key: str, value: str) -> int:
+        self._ksr.mqueues.setdefault(queue, deque()).append((key, value))
+        return self._call("mq_add", queue, key, value, result=1)
+
+    def mq_size(self, queue: str) -> int:
+        return self._call("mq_size", queue, result=len(self._ksr.mqueues.get(queue, ())))
+
+    def mq_fetch(self, queue: str) -> int:
+        items = self._ksr.mqueues.get(queue)
+        if not items:
+            return self._call("mq_fetch", queue, result=-2)
+        self._fetched[queue] = items.popleft()
+        return self._call("mq_fetch", queue, result=1)
+
+    def mqk_get(self, queue: str) -> str:
+        return self._call("mqk_get", queue, result=self._fetched[queue][0])
+
+    def mqv_get(self, queue: str) -> str:
+        return self._call("mqv_get", queue, result=self._fetched[queue][1])
 
 
 class FakeDmq(_Part):

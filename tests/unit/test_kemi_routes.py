@@ -12,8 +12,10 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 import types
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -222,9 +224,11 @@ class Worker:
     htables: FakeHtables  # the node's, shared by its workers; on the FakeRedis clock
     redis_opened: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     seen: list[FakeKSR] = field(default_factory=list)
+    mqueues: dict[str, deque[tuple[str, str]]] = field(default_factory=dict)  # the node's
+    script: Any = None  # the KEMI script's module
 
     def fake(self, request: SipRequest, **options: Any) -> FakeKSR:
-        fake = FakeKSR(request, htables=self.htables, **options)
+        fake = FakeKSR(request, htables=self.htables, mqueues=self.mqueues, **options)
         bind(self.ksr, fake)
         self.seen.append(fake)
         return fake
@@ -297,7 +301,7 @@ def start_worker(kemi: tuple[types.ModuleType, types.ModuleType],
     htables = FakeHtables(htable_definitions(config.security, clustered=False),
                           clock=lambda: server.now)
     worker = Worker(handler=script.mod_init(), ksr=ksr, redis=server, htables=htables,
-                    redis_opened=opened)
+                    redis_opened=opened, script=script)
     startup = worker.fake(SipRequest())
     assert worker.handler.child_init(1) == 0, startup.calls
     return worker
@@ -1479,6 +1483,124 @@ def test_the_admission_asks_the_node_htable_whether_a_contact_was_withdrawn(
     worker.route(register(credentials=good_credentials(),
                           headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
     assert recently_withdrawn(key)
+
+
+def lean_option(worker: Worker, name: str) -> Any:
+    [(_, options)] = [opened for opened in worker.redis_opened if opened[1].get("lean")]
+    return options[name]
+
+
+def test_a_refresh_is_handed_to_the_flusher_through_the_node_queue(worker: Worker) -> None:
+    from omnicc.lean_redis import decode_refresh
+
+    defer = lean_option(worker, "defer")
+    key = agent_contact(TENANT, AGENT)
+    fake = worker.fake(SipRequest())
+    assert defer(key, "node-1 sip:1001@198.51.100.7:5062", 600) is True
+    [(queued_key, item)] = worker.mqueues[worker.script.REFRESH_QUEUE]
+    queued_ms, expiry_ms, value = decode_refresh(item)
+    assert queued_key == key and value == "node-1 sip:1001@198.51.100.7:5062"
+    assert expiry_ms - queued_ms == 600_000
+    assert abs(queued_ms - time.time() * 1000) < 5000
+    assert fake.names() == ["mqueue.mq_size", "mqueue.mq_add"]
+
+
+def test_a_full_refresh_queue_leaves_the_refresh_to_the_worker(worker: Worker,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               ) -> None:
+    module = worker.script
+    monkeypatch.setattr(module, "REFRESH_QUEUE_MAX", 2)
+    defer = lean_option(worker, "defer")
+    worker.fake(SipRequest())
+    assert defer("{t:default}:agent:1:contact", "n sip:1@h", 60) is True
+    assert defer("{t:default}:agent:2:contact", "n sip:2@h", 60) is True
+    assert defer("{t:default}:agent:3:contact", "n sip:3@h", 60) is False  # sent by the worker
+    assert len(worker.mqueues[module.REFRESH_QUEUE]) == 2
+
+
+def test_the_rendered_cfg_runs_the_scripts_flusher_on_the_scripts_queue(
+    worker: Worker, tmp_path: Path,
+) -> None:
+    from omnicc.render import render_kamailio
+
+    render_kamailio(worker.handler.config, tmp_path)
+    cfg = (tmp_path / "kamailio.cfg").read_text(encoding="utf-8")
+    queue = worker.script.REFRESH_QUEUE
+    assert f'modparam("mqueue", "mqueue", "name={queue}")' in cfg
+    [timer] = re.findall(r'modparam\("rtimer", "timer", "name=(\w+);interval=(\d+)u;mode=1;"\)',
+                         cfg)
+    assert int(timer[1]) <= 100_000  # a refresh waits at most a tenth of a second
+    [route] = re.findall(rf'modparam\("rtimer", "exec", "timer={timer[0]};route=(\w+)"\)', cfg)
+    assert callable(getattr(worker.handler, route))
+
+
+class FakeWriter:
+    """ReachabilityWriter's interface: records what it was given, refuses `refused`."""
+
+    def __init__(self, refused: set[str] | None = None, error: Exception | None = None):
+        self.written: list[list[tuple[str, str]]] = []
+        self.refused = refused or set()
+        self.error = error
+
+    def write(self, refreshes: list[tuple[str, str]], now: float) -> list[str]:
+        if self.error is not None:
+            raise self.error
+        self.written.append(list(refreshes))
+        return [key for key, _ in refreshes if key in self.refused]
+
+
+def flush(worker: Worker, writer: FakeWriter) -> FakeKSR:
+    worker.handler._writer = writer
+    fake = worker.fake(SipRequest())
+    assert worker.handler.ksr_flush_refreshes(None, "rtimer") == 1
+    return fake
+
+
+def test_the_flusher_writes_every_queued_refresh_in_one_batch(worker: Worker) -> None:
+    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
+    items = [(f"{{t:default}}:agent:{n}:contact", f"1 2 n sip:{n}@h") for n in range(5)]
+    queue.extend(items)
+    writer = FakeWriter()
+    fake = flush(worker, writer)
+    assert writer.written == [items]
+    assert not queue
+    assert not [name for name in fake.names() if name.startswith("htable.")]
+    flush(worker, writer)  # an empty queue: nothing to write
+    assert writer.written == [items]
+
+
+def test_a_refresh_the_flusher_could_not_write_is_published_again_with_a_round_trip(
+    worker: Worker,
+) -> None:
+    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
+    queue.extend([("{t:default}:agent:1:contact", "1 2 n sip:1@h"),
+                  ("{t:default}:agent:2:contact", "1 2 n sip:2@h")])
+    flush(worker, FakeWriter(refused={"{t:default}:agent:2:contact"}))
+    # Marked as withdrawn: no worker takes it as published, the next REGISTER waits.
+    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:2:contact") is not None
+    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is None
+
+
+def test_redis_gone_during_a_flush_marks_every_refresh_and_says_so(worker: Worker) -> None:
+    from omnicc.lean_redis import LeanRedisError
+
+    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
+    queue.extend([("{t:default}:agent:1:contact", "1 2 n sip:1@h"),
+                  ("{t:default}:agent:2:contact", "1 2 n sip:2@h")])
+    fake = flush(worker, FakeWriter(error=LeanRedisError("Redis unavailable: refused")))
+    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is not None
+    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:2:contact") is not None
+    assert any("2 reachability refreshes not written" in str(args)
+               for name, args in fake.calls if name == "err")
+
+
+def test_a_flusher_that_fails_marks_what_it_took_and_carries_on(worker: Worker) -> None:
+    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
+    queue.append(("{t:default}:agent:1:contact", "1 2 n sip:1@h"))
+    fake = flush(worker, FakeWriter(error=RuntimeError("a bug")))
+    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is not None
+    assert any("exception in the refresh flusher" in str(args)
+               for name, args in fake.calls if name == "err")
 
 
 def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
