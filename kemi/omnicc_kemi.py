@@ -23,12 +23,14 @@ import KSR  # noqa: E402  (provided by app_python3)
 
 from omnicc.agent_auth import ADMIT_LUA, AgentAuthenticator, AuthFailure  # noqa: E402
 from omnicc.config import load_config  # noqa: E402
-from omnicc.keys import agent_contact, agent_disabled  # noqa: E402
+from omnicc.keys import agent_contact, agent_disabled, contact_withdrawn  # noqa: E402
 from omnicc.lean_redis import (  # noqa: E402
+    CONTACT_TOMBSTONE_MS,
     LeanRedisError,
     ReachabilityWriter,
     TrackedAdmission,
     encode_refresh,
+    tombstone_value,
 )
 from omnicc.node_failover import marked_final  # noqa: E402
 from omnicc.sip_auth import (  # noqa: E402
@@ -43,6 +45,8 @@ from omnicc.sip_auth import (  # noqa: E402
 from omnicc.sip_policy import Classified, Source, SourcePolicy  # noqa: E402
 from omnicc.sip_security import (  # noqa: E402
     ALLOWED_METHODS,
+    UNWRITTEN_SECONDS_MAX,
+    UNWRITTEN_TABLE,
     WITHDRAWN_SECONDS,
     WITHDRAWN_TABLE,
     BanList,
@@ -97,8 +101,10 @@ def lean_admission(url, lua, tables):
     try:
         return TrackedAdmission(
             url, lua, timeout=0.5, log=lambda message: KSR.warn(f"omnicc: {message}\n"),
-            # An unregistration through any worker (or node) marked it: publish it again.
-            recently_withdrawn=lambda key: tables.get(WITHDRAWN_TABLE, key) is not None,
+            # An unregistration through any worker (or node) marked it, or the node's
+            # flusher could not write a refresh of it: publish it again.
+            recently_withdrawn=lambda key: (tables.get(WITHDRAWN_TABLE, key) is not None
+                                            or tables.get(UNWRITTEN_TABLE, key) is not None),
             defer=queue_refresh)
     except ValueError:
         return None
@@ -106,10 +112,11 @@ def lean_admission(url, lua, tables):
 
 def queue_refresh(key, value, ttl):
     """Hand a reachability refresh to the flusher; False (the worker sends it) when the
-    queue is full."""
+    queue is full. (Size, then add: a bound give or take a worker's item, not exact.)"""
     if KSR.mqueue.mq_size(REFRESH_QUEUE) >= REFRESH_QUEUE_MAX:
         return False
-    return KSR.mqueue.mq_add(REFRESH_QUEUE, key, encode_refresh(value, ttl, time.time())) > 0
+    item = encode_refresh(value, ttl, time.time(), time.monotonic())
+    return KSR.mqueue.mq_add(REFRESH_QUEUE, key, item) > 0
 
 
 def one_line_traceback():
@@ -135,7 +142,9 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         self.tables = None
         self.redis_url = ""
         self._acd = None
-        self._writer = None
+        self._writer = None  # the flusher's
+        self._unsent = []  # refreshes the flusher could not send: tried again
+        self._flush_failing = False
 
     def child_init(self, rank):
         # Each worker has its own interpreter: load the config and open Redis here.
@@ -372,12 +381,18 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
                     f"{one_line_traceback()}\n")
 
     def delete_contact(self, key):
+        """Delete the reachability key and leave its tombstone (keys.contact_withdrawn):
+        no refresh queued before now is written back after."""
         try:
             if self.admission is not None:
-                # On the admission's connection: after any refresh of it sent unwaited.
+                # On the admission's connection: after any refresh this worker sent itself.
                 self.admission.withdraw(key)
             else:
-                self.redis.delete(key)
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.set(contact_withdrawn(key), tombstone_value(time.time()),
+                         px=CONTACT_TOMBSTONE_MS)
+                pipe.delete(key)
+                pipe.execute()
         except Exception:
             KSR.err(f"omnicc: cannot withdraw reachability: {one_line_traceback()}\n")
 
@@ -442,9 +457,12 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
     # ------------------------------------------------------------------ rtimer
     def ksr_flush_refreshes(self, msg, event=None):
         """The flusher (an rtimer process, kamailio.cfg): write back the refreshes the
-        workers queued, in one round trip. One that was not written is marked withdrawn,
-        so the agent's next REGISTER publishes its contact with a round trip."""
-        refreshes = []
+        workers queued, in one round trip. With Redis unreachable they are tried again on
+        the next runs until they are too old; one that is not written is marked in the
+        node's `unwritten` htable for its TTL, so the agent's next REGISTER here publishes
+        its contact with a round trip."""
+        refreshes, self._unsent = self._unsent, []
+        unwritten = []
         try:
             while (len(refreshes) < REFRESH_QUEUE_MAX
                    and KSR.mqueue.mq_fetch(REFRESH_QUEUE) == MQUEUE_FETCHED):
@@ -453,16 +471,25 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
             if not refreshes:
                 return 1
             if self._writer is None:
-                self._writer = ReachabilityWriter(self.redis_url, timeout=0.5)
-            unwritten = self._writer.write(refreshes, time.time())
+                self._writer = ReachabilityWriter(
+                    self.redis_url, timeout=0.5,
+                    log=lambda message: KSR.warn(f"omnicc: {message}\n"))
+            unwritten = self._writer.write(refreshes, time.monotonic())
+            if self._flush_failing:
+                KSR.info("omnicc: reachability refreshes written again\n")
+                self._flush_failing = False
         except LeanRedisError as exc:
-            KSR.err(f"omnicc: {len(refreshes)} reachability refreshes not written: {exc}\n")
-            unwritten = [key for key, _ in refreshes]
+            if not self._flush_failing:  # once, not every 20 ms
+                KSR.err(f"omnicc: reachability refreshes not written, kept to try again: "
+                        f"{exc}\n")
+                self._flush_failing = True
+            self._unsent = refreshes  # the writer drops those that grow too old
         except Exception:
             KSR.err(f"omnicc: exception in the refresh flusher: {one_line_traceback()}\n")
-            unwritten = [key for key, _ in refreshes]
-        for key in unwritten:
-            self.tables.set_expiring(WITHDRAWN_TABLE, key, "1", WITHDRAWN_SECONDS)
+            unwritten = [(key, UNWRITTEN_SECONDS_MAX) for key, _ in refreshes]
+        for key, seconds in unwritten:
+            self.tables.set_expiring(UNWRITTEN_TABLE, key, "1",
+                                     min(seconds, UNWRITTEN_SECONDS_MAX))
         return 1
 
     # ------------------------------------------------------------------ failure route

@@ -331,7 +331,7 @@ def _run_script(connection: RespConnection, sha: str, script: str, keys: list[st
     LeanRedisError for an error reply or a failed connection."""
     try:
         reply = connection.request(_command("EVALSHA", sha, len(keys), *keys, *args))
-        if isinstance(reply, LeanRedisError) and str(reply).startswith("NOSCRIPT"):
+        if _noscript(reply):
             reply = connection.request(_command("EVAL", script, len(keys), *keys, *args))
     except (OSError, ValueError) as exc:
         raise LeanRedisError(f"Redis unavailable: {exc}") from None
@@ -368,20 +368,20 @@ class TrackedAdmission:
     admitted). The script reads the two flags (so Redis tracks them for this
     connection); afterwards the worker knows they were absent, and which contact it
     published. While Redis has sent no invalidation for the flags, the next admission of
-    the same agent needs no answer from Redis: an INVITE sends nothing, a REGISTER whose
-    contact is the one this worker last published sends the reachability SET without
-    waiting for the reply (read on a later call; a failed one is logged and that contact
-    is published with a round trip next time; one a broken connection swallowed is
-    published again with the next round trip) — or nothing, if this worker published it
-    less than REPUBLISH_AFTER_SECONDS ago expiring within EXPIRY_DRIFT_SECONDS of the new
-    expiry. With `defer(contact key, value, ttl)` (the KEMI script queues it for its
-    flusher, ReachabilityWriter), a refresh of a key that lives DEFER_MARGIN_SECONDS yet
-    is handed over instead of sent, if defer takes it (returns True).
+    the same agent needs no answer from Redis: an INVITE sends nothing; a REGISTER whose
+    contact is the one this worker last published is handed to `defer(contact key,
+    value, ttl)` (the KEMI script queues it for its flusher, ReachabilityWriter) when the
+    key lives DEFER_MARGIN_SECONDS yet, else, or when defer refuses it (returns False),
+    the worker sends the reachability SET without waiting for the reply (read on a later
+    call; a failed one is logged and that contact is published with a round trip next
+    time; one a broken connection swallowed is published again with the next round trip)
+    — or nothing at all, if this worker published it less than REPUBLISH_AFTER_SECONDS
+    ago expiring within EXPIRY_DRIFT_SECONDS of the new expiry.
     Everything else — a contact new to this worker, or that
     `recently_withdrawn(contact key)` says was deleted since (by an unregistration through
-    another worker or node), an invalidated flag, a connection that closed, was silent for
-    TRACKING_LIVENESS_SECONDS or does not track — runs the script and waits. `log`
-    receives what went wrong without failing a request.
+    another worker or node) or not written back (by the flusher), an invalidated flag, a
+    connection that closed, was silent for TRACKING_LIVENESS_SECONDS or does not track —
+    runs the script and waits. `log` receives what went wrong without failing a request.
     """
 
     def __init__(self, url: str, script: str, *, timeout: float = 0.5,
@@ -444,19 +444,22 @@ class TrackedAdmission:
 
     def withdraw(self, contact: str) -> None:
         """Delete a reachability key, after every SET this worker sent for it (same
-        connection, so in order), leaving its tombstone (keys.contact_withdrawn) so no
-        refresh written back later brings it back. Raises LeanRedisError."""
+        connection, so in order), and leave its tombstone (keys.contact_withdrawn, the
+        time of the withdrawal) in the same transaction, so no refresh queued before it
+        and written back later brings it back. Raises LeanRedisError."""
         self._published.pop(contact, None)
         self._republish.pop(contact, None)
         try:
             replies = self._connection.pipeline([
-                _command("SET", contact_withdrawn(contact), "1",
+                _command("MULTI"),
+                _command("SET", contact_withdrawn(contact), tombstone_value(time.time()),
                          "PX", CONTACT_TOMBSTONE_MS),
-                _command("DEL", contact)])
+                _command("DEL", contact),
+                _command("EXEC")])
         except (OSError, ValueError) as exc:
             self._connection_lost()
             raise LeanRedisError(f"Redis unavailable: {exc}") from None
-        for reply in replies:
+        for reply in replies:  # a refused command makes EXEC refuse the whole (EXECABORT)
             if isinstance(reply, LeanRedisError):
                 raise reply
 
@@ -539,73 +542,98 @@ class TrackedAdmission:
 CONTACT_TOMBSTONE_MS = 5000
 DEFERRED_MAX_AGE_SECONDS = 2.0
 
-# KEYS: contact key, its tombstone. ARGV: contact, TTL in ms. Returns 1 if written, 0 if
-# the agent unregistered since (the tombstone is there).
+# KEYS: contact key, its tombstone. ARGV: contact, TTL in ms, when the refresh was queued
+# (wall clock, ms). Returns 1 if written, 0 if the agent unregistered after the refresh
+# was queued (a tombstone at least as recent). A key that holds another contact is
+# overwritten: the ACD asks only whether the agent is reachable, and either contact is a
+# registered binding (a last writer per refresh, as when each REGISTER wrote it).
 REFRESH_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local withdrawn = redis.call('GET', KEYS[2])
+if withdrawn and (tonumber(withdrawn) or math.huge) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
 
-def encode_refresh(value: str, ttl: int, now: float) -> str:
-    """A deferred refresh as the KEMI script queues it: when it was queued and when it
-    expires (wall clock, ms: the flusher is another process), then the contact."""
-    queued_ms = int(now * 1000)
-    return f"{queued_ms} {queued_ms + ttl * 1000} {value}"
+def tombstone_value(now: float) -> str:
+    """What a withdrawal leaves in keys.contact_withdrawn: its wall-clock time in ms (a
+    refresh queued on another node is compared with it: nodes keep time by NTP)."""
+    return str(int(now * 1000))
 
 
-def decode_refresh(item: str) -> tuple[int, int, str]:
-    """(queued ms, expiry ms, contact); ValueError for anything else."""
-    queued, expiry, value = item.split(" ", 2)
-    return int(queued), int(expiry), value
+def encode_refresh(value: str, ttl: int, wall: float, monotonic: float) -> str:
+    """A deferred refresh as the KEMI script queues it: when it was queued, on the wall
+    clock (for the tombstone) and on the host's monotonic clock (its age, for the flusher,
+    another process of the same host), its TTL in ms, then the contact."""
+    return f"{int(wall * 1000)} {int(monotonic * 1000)} {ttl * 1000} {value}"
+
+
+def decode_refresh(item: str) -> tuple[int, int, int, str]:
+    """(queued wall ms, queued monotonic ms, TTL ms, contact); ValueError for anything
+    else."""
+    wall, monotonic, ttl, value = item.split(" ", 3)
+    return int(wall), int(monotonic), int(ttl), value
+
+
+# Seconds an unwritten refresh's key is reported for when its own TTL is unknown (a
+# garbled item): the registrar's longest expiry.
+UNKNOWN_TTL_SECONDS = 3600
 
 
 class ReachabilityWriter:
     """Writes back the refreshes workers deferred (TrackedAdmission's `defer`), many per
     round trip: one pipelined REFRESH_LUA per contact key (each key's own slot), which
-    never brings back a key an unregistration deleted since. Used by one process (the
-    KEMI script's flusher)."""
+    never brings back a key an unregistration deleted after the refresh was queued. Used
+    by one process (the KEMI script's flusher). `log` receives refusals from Redis."""
 
-    def __init__(self, url: str, *, timeout: float = 0.5):
+    def __init__(self, url: str, *, timeout: float = 0.5,
+                 log: Callable[[str], None] | None = None):
         self._connection = RespConnection(url, timeout=timeout)
         self._sha = hashlib.sha1(REFRESH_LUA.encode()).hexdigest()
+        self._log = log or (lambda message: None)
 
-    def write(self, refreshes: list[tuple[str, str]], now: float) -> list[str]:
-        """refreshes: (contact key, encode_refresh item). Returns the keys not written: the
-        agent unregistered since, the item is too old, expired or garbled, or Redis
-        refused. Raises LeanRedisError when Redis cannot be reached (nothing written)."""
-        now_ms = int(now * 1000)
-        unwritten: list[str] = []
-        due: list[tuple[str, str, int]] = []
+    def write(self, refreshes: list[tuple[str, str]], monotonic: float,
+              ) -> list[tuple[str, int]]:
+        """refreshes: (contact key, encode_refresh item); `monotonic` is time.monotonic().
+        Returns (key, seconds its TTL was to reach) of those not written: the agent
+        unregistered since, the item is too old, expired or garbled, or Redis refused it
+        (logged). Raises LeanRedisError when Redis cannot be reached (nothing written)."""
+        now_ms = int(monotonic * 1000)
+        unwritten: list[tuple[str, int]] = []
+        due: list[tuple[str, str, int, int]] = []
         for key, item in refreshes:
             try:
-                queued_ms, expiry_ms, value = decode_refresh(item)
+                wall_ms, queued_ms, ttl_ms, value = decode_refresh(item)
             except ValueError:
-                unwritten.append(key)
+                unwritten.append((key, UNKNOWN_TTL_SECONDS))
                 continue
-            if (now_ms - queued_ms > DEFERRED_MAX_AGE_SECONDS * 1000
-                    or expiry_ms - now_ms < 1000):
-                unwritten.append(key)
+            left_ms = ttl_ms - (now_ms - queued_ms)
+            if now_ms - queued_ms > DEFERRED_MAX_AGE_SECONDS * 1000 or left_ms < 1000:
+                unwritten.append((key, max(1, -(-ttl_ms // 1000))))
             else:
-                due.append((key, value, expiry_ms - now_ms))
+                due.append((key, value, left_ms, wall_ms))
         if not due:
             return unwritten
         replies = self._send(due, "EVALSHA", self._sha)
         if any(_noscript(reply) for reply in replies):  # Redis restarted or SCRIPT FLUSH
             replies = self._send(due, "EVAL", REFRESH_LUA)
-        unwritten.extend(key for (key, _, _), reply in zip(due, replies, strict=True)
+        refused = [reply for reply in replies if isinstance(reply, LeanRedisError)]
+        if refused:
+            self._log(f"{len(refused)} reachability refreshes refused by Redis: {refused[0]}")
+        unwritten.extend((key, -(-left_ms // 1000))
+                         for (key, _, left_ms, _), reply in zip(due, replies, strict=True)
                          if reply != 1)
         return unwritten
 
     def close(self) -> None:
         self._connection.close()
 
-    def _send(self, due: list[tuple[str, str, int]], verb: str, script: str) -> list[Any]:
+    def _send(self, due: list[tuple[str, str, int, int]], verb: str, script: str,
+              ) -> list[Any]:
         try:
             return self._connection.pipeline([
-                _command(verb, script, 2, key, contact_withdrawn(key), value, ttl_ms)
-                for key, value, ttl_ms in due])
+                _command(verb, script, 2, key, contact_withdrawn(key), value, left_ms, wall_ms)
+                for key, value, left_ms, wall_ms in due])
         except (OSError, ValueError) as exc:
             raise LeanRedisError(f"Redis unavailable: {exc}") from None
 

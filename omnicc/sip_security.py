@@ -55,6 +55,12 @@ EDGE_TABLES = (BANS_TABLE, FLOOD_TABLE, AUTHFAIL_TABLE)
 # Replicated to the other nodes like the bans: the phone may register again through one.
 WITHDRAWN_TABLE = "withdrawn"
 WITHDRAWN_SECONDS = 5
+# Reachability key -> 1 while this node's workers may believe a refresh of it was written
+# that the node's flusher could not write (Redis unreachable, the refresh too old), each
+# for as long as that refresh's TTL: the agent's next REGISTER on this node publishes with
+# a round trip. This node's alone (only its workers deferred those refreshes).
+UNWRITTEN_TABLE = "unwritten"
+UNWRITTEN_SECONDS_MAX = 3600  # the registrar's max_expires
 
 
 def htable_definitions(security: Any, *, clustered: bool) -> dict[str, str]:
@@ -62,7 +68,7 @@ def htable_definitions(security: Any, *, clustered: bool) -> dict[str, str]:
     request and is not pushed back by later ones (updateexpire=0): a source that keeps
     sending is counted, not forgiven. initval=0: sht_inc creates a missing counter (without
     it Kamailio's sht_inc of a missing item fails). In a cluster, bans and withdrawals are
-    replicated over DMQ."""
+    replicated over DMQ; unwritten refreshes are the node's own."""
     replicate = 1 if clustered else 0
     return {
         BANS_TABLE: f"size=10;autoexpire={security.ban_seconds};"
@@ -72,6 +78,7 @@ def htable_definitions(security: Any, *, clustered: bool) -> dict[str, str]:
         AUTHFAIL_TABLE: f"size=10;autoexpire={security.auth_failure_window_seconds};"
                         "updateexpire=0;initval=0",
         WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS};dmqreplicate={replicate}",
+        UNWRITTEN_TABLE: f"size=10;autoexpire={UNWRITTEN_SECONDS_MAX}",
     }
 
 

@@ -14,6 +14,7 @@ import redis
 
 from omnicc import lean_redis
 from omnicc.agent_auth import ADMIT_LUA
+from omnicc.keys import contact_withdrawn
 from omnicc.lean_redis import LeanRedisError, TrackedAdmission
 from omnicc.revocation import wait_until_nodes_told
 from tests.integration.acd_redis import RedisServer, start_redis_server
@@ -425,7 +426,7 @@ def test_a_contact_close_to_its_expiry_is_not_handed_over(server: RedisServer,
 
 
 def queued(value: str, ttl: int, age: float = 0.0) -> str:
-    return lean_redis.encode_refresh(value, ttl, time.time() - age)
+    return lean_redis.encode_refresh(value, ttl, time.time() - age, time.monotonic() - age)
 
 
 @pytest.fixture
@@ -440,11 +441,12 @@ def test_the_write_back_extends_every_queued_contact(writer: lean_redis.Reachabi
     keys = [f"{{t:d}}:agent:{n}:contact" for n in range(50)]
     for key in keys:
         client.set(key, CONTACT_VALUE, ex=30)
-    assert writer.write([(key, queued(CONTACT_VALUE, 600)) for key in keys], time.time()) == []
+    refreshes = [(key, queued(CONTACT_VALUE, 600)) for key in keys]
+    assert writer.write(refreshes, time.monotonic()) == []
     assert all(590 <= client.ttl(key) <= 600 for key in keys)
     # A key another process lost meanwhile (FLUSHALL, a restart) is written again.
     client.delete(keys[0])
-    assert writer.write([(keys[0], queued(CONTACT_VALUE, 600))], time.time()) == []
+    assert writer.write([(keys[0], queued(CONTACT_VALUE, 600))], time.monotonic()) == []
     assert client.get(keys[0]) == CONTACT_VALUE
 
 
@@ -454,10 +456,28 @@ def test_the_write_back_never_brings_back_an_unregistered_agent(
     tracked, _ = deferring(server)
     try:
         assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
-        refresh = queued(CONTACT_VALUE, 600)  # queued, then the phone unregistered
+        refresh = queued(CONTACT_VALUE, 600, age=0.01)  # queued, then the phone unregistered
         tracked.withdraw(CONTACT)
-        assert writer.write([(CONTACT, refresh)], time.time()) == [CONTACT]
+        assert writer.write([(CONTACT, refresh)], time.monotonic()) == [(CONTACT, 600)]
         assert client.exists(CONTACT) == 0
+        assert 0 < client.pttl(contact_withdrawn(CONTACT)) <= 5000
+    finally:
+        tracked.close()
+
+
+def test_a_registration_after_the_unregistration_is_written_back(
+        server: RedisServer, writer: lean_redis.ReachabilityWriter,
+        client: redis.Redis) -> None:
+    # Unregistered through one node, registered again through another whose worker still
+    # took the contact as published (before the `withdrawn` mark reached it): the refresh
+    # it queued is newer than the tombstone, so it is written.
+    tracked, _ = deferring(server)
+    try:
+        assert tracked(KEYS, [CONTACT_VALUE, 60]) == 0
+        tracked.withdraw(CONTACT)
+        time.sleep(0.01)
+        assert writer.write([(CONTACT, queued(CONTACT_VALUE, 600))], time.monotonic()) == []
+        assert client.get(CONTACT) == CONTACT_VALUE
     finally:
         tracked.close()
 
@@ -467,20 +487,40 @@ def test_stale_or_garbled_refreshes_are_not_written(writer: lean_redis.Reachabil
     too_old = queued(CONTACT_VALUE, 600, age=lean_redis.DEFERRED_MAX_AGE_SECONDS + 1)
     expired = queued(CONTACT_VALUE, 1, age=0.5)
     refreshes = [(CONTACT, too_old), (CONTACT, expired), (CONTACT, "garbage"),
-                 (CONTACT, "1 x sip:1@h")]
-    assert writer.write(refreshes, time.time()) == [CONTACT] * 4
+                 (CONTACT, "1 2 x sip:1@h")]
+    assert writer.write(refreshes, time.monotonic()) == [
+        (CONTACT, 600), (CONTACT, 1), (CONTACT, lean_redis.UNKNOWN_TTL_SECONDS),
+        (CONTACT, lean_redis.UNKNOWN_TTL_SECONDS)]
     assert client.exists(CONTACT) == 0
 
 
 def test_the_write_back_survives_a_flushed_script_cache(writer: lean_redis.ReachabilityWriter,
                                                         client: redis.Redis) -> None:
-    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.time()) == []
+    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.monotonic()) == []
     client.script_flush()
-    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 600))], time.time()) == []
+    assert writer.write([(CONTACT, queued(CONTACT_VALUE, 600))], time.monotonic()) == []
     assert client.ttl(CONTACT) > 590
+
+
+def test_a_refresh_redis_refuses_is_reported_and_logged(server: RedisServer,
+                                                        client: redis.Redis) -> None:
+    logged: list[str] = []
+    writer = lean_redis.ReachabilityWriter(server.url, log=logged.append)
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # every write refused: OOM
+        try:
+            assert writer.write([(CONTACT, queued(CONTACT_VALUE, 60))],
+                                time.monotonic()) == [(CONTACT, 60)]
+        finally:
+            client.config_set("maxmemory", 0)
+        assert len(logged) == 1 and "refused by Redis" in logged[0] and "OOM" in logged[0]
+        assert client.exists(CONTACT) == 0
+    finally:
+        writer.close()
 
 
 def test_the_write_back_to_a_redis_gone_is_an_error() -> None:
     writer = lean_redis.ReachabilityWriter("redis://127.0.0.1:1/0", timeout=0.2)
     with pytest.raises(LeanRedisError):
-        writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.time())
+        writer.write([(CONTACT, queued(CONTACT_VALUE, 60))], time.monotonic())

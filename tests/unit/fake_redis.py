@@ -120,9 +120,10 @@ class FakeRedis:
         self._command("get")
         return self._get(_key(key))
 
-    def set(self, key: str | bytes, value: EncodableValue, ex: int | None = None) -> bool:
+    def set(self, key: str | bytes, value: EncodableValue, ex: int | None = None,
+            px: int | None = None) -> bool:
         self._command("set")
-        self._set(_key(key), value, ex)
+        self._set(_key(key), value, ex if px is None else -(-px // 1000))  # whole seconds
         return True
 
     def exists(self, *keys: str | bytes) -> int:

@@ -38,6 +38,7 @@ from omnicc.sip_security import (
     ALLOWED_METHODS,
     AUTHFAIL_TABLE,
     BANS_TABLE,
+    UNWRITTEN_TABLE,
     WITHDRAWN_TABLE,
     BanList,
     htable_definitions,
@@ -1471,6 +1472,25 @@ def test_a_registration_publishes_the_agents_reachability_for_its_lifetime(
     assert worker.htables.get(WITHDRAWN_TABLE, key) is not None
 
 
+def test_an_unregistration_without_the_lean_client_also_leaves_a_tombstone(
+    worker: Worker,
+) -> None:
+    from omnicc.keys import contact_withdrawn
+
+    worker.handler.admission = None  # a Redis URL the lean client does not speak (rediss://)
+    key = agent_contact(TENANT, AGENT)
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>")]))
+    assert worker.redis.get(key) is not None
+    before = time.time() * 1000
+    worker.route(register(credentials=good_credentials(),
+                          headers=[("Contact", "<sip:1001@198.51.100.7:5062>;expires=0")]))
+    assert worker.redis.get(key) is None
+    tombstone = worker.redis.get(contact_withdrawn(key))
+    assert tombstone is not None and int(tombstone) >= before - 1
+    assert 0 < worker.redis.ttl(contact_withdrawn(key)) <= 5
+
+
 def test_the_admission_asks_the_node_htable_whether_a_contact_was_withdrawn(
     worker: Worker,
 ) -> None:
@@ -1498,10 +1518,11 @@ def test_a_refresh_is_handed_to_the_flusher_through_the_node_queue(worker: Worke
     fake = worker.fake(SipRequest())
     assert defer(key, "node-1 sip:1001@198.51.100.7:5062", 600) is True
     [(queued_key, item)] = worker.mqueues[worker.script.REFRESH_QUEUE]
-    queued_ms, expiry_ms, value = decode_refresh(item)
+    wall_ms, monotonic_ms, ttl_ms, value = decode_refresh(item)
     assert queued_key == key and value == "node-1 sip:1001@198.51.100.7:5062"
-    assert expiry_ms - queued_ms == 600_000
-    assert abs(queued_ms - time.time() * 1000) < 5000
+    assert ttl_ms == 600_000
+    assert abs(wall_ms - time.time() * 1000) < 5000
+    assert abs(monotonic_ms - time.monotonic() * 1000) < 5000
     assert fake.names() == ["mqueue.mq_size", "mqueue.mq_add"]
 
 
@@ -1535,18 +1556,20 @@ def test_the_rendered_cfg_runs_the_scripts_flusher_on_the_scripts_queue(
 
 
 class FakeWriter:
-    """ReachabilityWriter's interface: records what it was given, refuses `refused`."""
+    """ReachabilityWriter's interface: records what it was given; refuses `refused` (as
+    not written, for 60 s); raises `error` while it is set."""
 
     def __init__(self, refused: set[str] | None = None, error: Exception | None = None):
         self.written: list[list[tuple[str, str]]] = []
         self.refused = refused or set()
         self.error = error
 
-    def write(self, refreshes: list[tuple[str, str]], now: float) -> list[str]:
+    def write(self, refreshes: list[tuple[str, str]], monotonic: float,
+              ) -> list[tuple[str, int]]:
         if self.error is not None:
             raise self.error
         self.written.append(list(refreshes))
-        return [key for key, _ in refreshes if key in self.refused]
+        return [(key, 60) for key, _ in refreshes if key in self.refused]
 
 
 def flush(worker: Worker, writer: FakeWriter) -> FakeKSR:
@@ -1556,14 +1579,23 @@ def flush(worker: Worker, writer: FakeWriter) -> FakeKSR:
     return fake
 
 
+def queue_items(worker: Worker, *extensions: int) -> list[tuple[str, str]]:
+    items = [(f"{{t:default}}:agent:{n}:contact", f"1 2 60000 n sip:{n}@h")
+             for n in extensions]
+    worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque()).extend(items)
+    return items
+
+
+def unwritten_mark(worker: Worker, extension: int) -> Any:
+    return worker.htables.get(UNWRITTEN_TABLE, f"{{t:default}}:agent:{extension}:contact")
+
+
 def test_the_flusher_writes_every_queued_refresh_in_one_batch(worker: Worker) -> None:
-    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
-    items = [(f"{{t:default}}:agent:{n}:contact", f"1 2 n sip:{n}@h") for n in range(5)]
-    queue.extend(items)
+    items = queue_items(worker, *range(5))
     writer = FakeWriter()
     fake = flush(worker, writer)
     assert writer.written == [items]
-    assert not queue
+    assert not worker.mqueues[worker.script.REFRESH_QUEUE]
     assert not [name for name in fake.names() if name.startswith("htable.")]
     flush(worker, writer)  # an empty queue: nothing to write
     assert writer.written == [items]
@@ -1572,33 +1604,40 @@ def test_the_flusher_writes_every_queued_refresh_in_one_batch(worker: Worker) ->
 def test_a_refresh_the_flusher_could_not_write_is_published_again_with_a_round_trip(
     worker: Worker,
 ) -> None:
-    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
-    queue.extend([("{t:default}:agent:1:contact", "1 2 n sip:1@h"),
-                  ("{t:default}:agent:2:contact", "1 2 n sip:2@h")])
+    queue_items(worker, 1, 2)
     flush(worker, FakeWriter(refused={"{t:default}:agent:2:contact"}))
-    # Marked as withdrawn: no worker takes it as published, the next REGISTER waits.
-    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:2:contact") is not None
-    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is None
+    # Marked on this node: no worker here takes it as published, the next REGISTER waits.
+    assert unwritten_mark(worker, 2) is not None
+    assert unwritten_mark(worker, 1) is None
+    recently_withdrawn = lean_option(worker, "recently_withdrawn")
+    assert recently_withdrawn("{t:default}:agent:2:contact")
+    assert not recently_withdrawn("{t:default}:agent:1:contact")
 
 
-def test_redis_gone_during_a_flush_marks_every_refresh_and_says_so(worker: Worker) -> None:
+def test_refreshes_redis_did_not_take_are_tried_again_and_the_outage_logged_once(
+    worker: Worker,
+) -> None:
     from omnicc.lean_redis import LeanRedisError
 
-    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
-    queue.extend([("{t:default}:agent:1:contact", "1 2 n sip:1@h"),
-                  ("{t:default}:agent:2:contact", "1 2 n sip:2@h")])
-    fake = flush(worker, FakeWriter(error=LeanRedisError("Redis unavailable: refused")))
-    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is not None
-    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:2:contact") is not None
-    assert any("2 reachability refreshes not written" in str(args)
-               for name, args in fake.calls if name == "err")
+    first = queue_items(worker, 1, 2)
+    writer = FakeWriter(error=LeanRedisError("Redis unavailable: refused"))
+    failed = flush(worker, writer)
+    second = queue_items(worker, 3)
+    failed_again = flush(worker, writer)
+    errors = [args for fake in (failed, failed_again) for name, args in fake.calls
+              if name == "err"]
+    assert len(errors) == 1 and "not written" in str(errors[0])
+    assert unwritten_mark(worker, 1) is None  # not given up on
+    writer.error = None
+    recovered = flush(worker, writer)
+    assert writer.written == [first + second]
+    assert any("written again" in str(args) for name, args in recovered.calls if name == "info")
 
 
 def test_a_flusher_that_fails_marks_what_it_took_and_carries_on(worker: Worker) -> None:
-    queue = worker.mqueues.setdefault(worker.script.REFRESH_QUEUE, deque())
-    queue.append(("{t:default}:agent:1:contact", "1 2 n sip:1@h"))
+    queue_items(worker, 1)
     fake = flush(worker, FakeWriter(error=RuntimeError("a bug")))
-    assert worker.htables.get(WITHDRAWN_TABLE, "{t:default}:agent:1:contact") is not None
+    assert unwritten_mark(worker, 1) is not None
     assert any("exception in the refresh flusher" in str(args)
                for name, args in fake.calls if name == "err")
 

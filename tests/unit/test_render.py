@@ -241,6 +241,7 @@ def test_a_single_node_keeps_its_registrar_and_bans_in_memory_without_dmq(
     assert (f'modparam("htable", "htable", "authfail=>size=10;'
             f'autoexpire={window};updateexpire=0;initval=0")') in lines
     assert 'modparam("htable", "htable", "withdrawn=>size=8;autoexpire=5;dmqreplicate=0")' in lines
+    assert 'modparam("htable", "htable", "unwritten=>size=10;autoexpire=3600")' in lines
 
 
 def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path: Path) -> None:
@@ -265,6 +266,8 @@ def test_a_cluster_node_replicates_registrations_and_bans_to_its_peers(tmp_path:
     for table in ("bans", "withdrawn"):
         assert any(line.startswith(f'modparam("htable", "htable", "{table}=>')
                    and "dmqreplicate=1" in line for line in lines)
+    # What this node's flusher could not write concerns this node's workers only.
+    assert 'modparam("htable", "htable", "unwritten=>size=10;autoexpire=3600")' in lines
     # dmq is loaded before the modules that replicate through it.
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "dmq_usrloc.so"')
     assert lines.index('loadmodule "dmq.so"') < lines.index('loadmodule "usrloc.so"')

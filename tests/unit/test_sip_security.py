@@ -16,6 +16,8 @@ from omnicc.sip_security import (
     AUTHFAIL_TABLE,
     BANS_TABLE,
     FLOOD_TABLE,
+    UNWRITTEN_SECONDS_MAX,
+    UNWRITTEN_TABLE,
     WITHDRAWN_SECONDS,
     WITHDRAWN_TABLE,
     BanList,
@@ -108,14 +110,19 @@ def test_htables_count_in_fixed_windows_and_bans_replicate_only_in_a_cluster() -
         FLOOD_TABLE: "size=12;autoexpire=10;updateexpire=0;initval=0",
         AUTHFAIL_TABLE: "size=10;autoexpire=60;updateexpire=0;initval=0",
         WITHDRAWN_TABLE: f"size=8;autoexpire={WITHDRAWN_SECONDS};dmqreplicate=0",
+        UNWRITTEN_TABLE: f"size=10;autoexpire={UNWRITTEN_SECONDS_MAX}",
     }
     clustered = htable_definitions(SECURITY, clustered=True)
     assert "dmqreplicate=1" in clustered[BANS_TABLE]
     assert "dmqreplicate=1" in clustered[WITHDRAWN_TABLE]
+    # Only this node's workers deferred the refreshes its flusher could not write.
+    assert "dmqreplicate" not in clustered[UNWRITTEN_TABLE]
 
 
 def test_a_withdrawal_is_remembered_longer_than_a_refresh_can_go_unsent() -> None:
     assert WITHDRAWN_SECONDS > lean_redis.REPUBLISH_AFTER_SECONDS + 1  # htable: 1 s steps
+    # A queued refresh is written back, or dropped, while the tombstone still stands.
+    assert lean_redis.CONTACT_TOMBSTONE_MS > lean_redis.DEFERRED_MAX_AGE_SECONDS * 1000 + 1000
 
 
 def test_up_to_the_limit_is_no_flood_one_more_is_a_ban(
