@@ -331,6 +331,10 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if peer.source is not Source.UNTRUSTED:
             KSR.sl.sl_send_reply(403, "Trusted Peers Do Not Register")
             return
+        header = KSR.pv.get("$hdr(Authorization)")
+        if not header:  # half of all REGISTERs: the challenge needs nothing more
+            self.authenticate("$tU", "$td", register=True, header=header)
+            return
         # The Contact parsed here: Kamailio's pv transformation logs an error for every
         # Contact without header parameters, which is most of them.
         contact_header = (KSR.pv.get("$ct") or "").strip()
@@ -341,8 +345,8 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         # reachable. (A REGISTER without Contact only asks for the bindings.)
         publish = (f"{self.config.node} {contact_uri(contact_header)}"
                    if contact_header and not leaving else "")
-        identity = self.authenticate("$tU", "$td", register=True, publish_contact=publish,
-                                     ttl=ttl)
+        identity = self.authenticate("$tU", "$td", register=True, header=header,
+                                     publish_contact=publish, ttl=ttl)
         if identity is None:
             return
         # An agent behind NAT: register the address it came from, not the one it wrote.
@@ -513,18 +517,24 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         return 1
 
     # ------------------------------------------------------------------ helpers
-    def authenticate(self, user_pv, domain_pv, *, register=False, publish_contact="", ttl=0):
+    def authenticate(self, user_pv, domain_pv, *, register=False, header=None,
+                     publish_contact="", ttl=0):
         """Authenticate an agent (bearer token or digest), then admit it (not disabled, its
-        token not revoked; for a REGISTER its reachability published). Returns its
-        identity, or None when a challenge or refusal has been sent."""
+        token not revoked; for a REGISTER its reachability published). `header`: the
+        REGISTER's Authorization, when the caller read it already. Returns its identity,
+        or None when a challenge or refusal has been sent."""
         domain = KSR.pv.get(domain_pv) or ""
         user = KSR.pv.get(user_pv) or ""
         tenant = self.config.tenant_by_domain(domain.lower())
         if tenant is None:
             KSR.sl.sl_send_reply(403, "Forbidden")
             return None
-        header = KSR.pv.get("$hdr(Authorization)") if register else (
-            KSR.pv.get("$hdr(Proxy-Authorization)") or KSR.pv.get("$hdr(Authorization)"))
+        if register:
+            if header is None:
+                header = KSR.pv.get("$hdr(Authorization)")
+        else:
+            header = (KSR.pv.get("$hdr(Proxy-Authorization)")
+                      or KSR.pv.get("$hdr(Authorization)"))
         credentials = parse_authorization(header)
         now = time.time()
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import time
 from collections import deque
@@ -130,6 +131,7 @@ class RespConnection:
         self._on_push = on_push
         self._on_owed_reply = on_owed_reply
         self._sock: socket.socket | None = None
+        self._readable = select.poll()  # the socket, once connected: anything to read?
         self._buffer = b""
         self._pos = 0  # where the next value starts in _buffer
         # (label, when sent) of each command sent without waiting whose reply is not read.
@@ -194,6 +196,8 @@ class RespConnection:
         for, or has more than POLL_MAX_BYTES waiting."""
         if self._sock is None:
             return
+        if self._pos >= len(self._buffer) and not self._readable.poll(0):
+            return  # the usual case, asked without the exception a read would raise
         try:
             received = 0
             while True:
@@ -232,6 +236,8 @@ class RespConnection:
             sock = socket.create_connection(self._address, timeout=self._timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        self._readable = select.poll()
+        self._readable.register(sock.fileno(), select.POLLIN)
         self._buffer, self._pos = b"", 0
         self.setup_note = ""
         if self._password is not None:

@@ -1,11 +1,15 @@
 """omnicc/lean_redis.py's RESP3 reader: every reply type Redis 7 sends, pushes told apart
-from replies, and a reply cut anywhere waits for the rest instead of being misread."""
+from replies, and a reply cut anywhere waits for the rest instead of being misread; and
+RespConnection.poll over a socket pair (the test plays Redis)."""
 
 from __future__ import annotations
 
+import select
+import socket
+
 import pytest
 
-from omnicc.lean_redis import LeanRedisError, _Incomplete, _parse, _Push
+from omnicc.lean_redis import LeanRedisError, RespConnection, _Incomplete, _parse, _Push
 
 INVALIDATE = b">2\r\n$10\r\ninvalidate\r\n*2\r\n$3\r\nk:1\r\n$3\r\nk:2\r\n"
 
@@ -61,3 +65,37 @@ def test_a_reply_cut_anywhere_asks_for_more(data: bytes) -> None:
 def test_an_unknown_type_byte_is_refused() -> None:
     with pytest.raises(ValueError, match="unexpected Redis reply"):
         _parse(b"?what\r\n", 0)
+
+
+def connected_pair() -> tuple[RespConnection, socket.socket, list[list[object]]]:
+    """A RespConnection on one end of a socket pair; the test plays Redis on the other."""
+    pushes: list[list[object]] = []
+    connection = RespConnection("redis://127.0.0.1:1/0", on_push=pushes.append)
+    ours, peer = socket.socketpair()
+    ours.settimeout(0.5)  # as _connect leaves it: non-blocking underneath
+    connection._sock = ours
+    connection._readable.register(ours.fileno(), select.POLLIN)
+    return connection, peer, pushes
+
+
+def test_a_push_that_came_with_a_reply_is_handed_over_by_the_next_poll() -> None:
+    connection, peer, pushes = connected_pair()
+    try:
+        peer.sendall(b"+PONG\r\n" + INVALIDATE)  # one read holds both
+        assert connection.request(b"*1\r\n$4\r\nPING\r\n") == "PONG"
+        assert pushes == []  # still in the buffer; nothing left to read on the socket
+        connection.poll()
+        assert len(pushes) == 1 and pushes[0][0] == b"invalidate"
+    finally:
+        connection.close()
+        peer.close()
+
+
+def test_a_poll_with_nothing_sent_reads_nothing_and_a_closed_peer_is_seen() -> None:
+    connection, peer, pushes = connected_pair()
+    connection.poll()
+    assert connection.connected and pushes == []
+    peer.close()
+    with pytest.raises(ConnectionError):
+        connection.poll()
+    assert not connection.connected
