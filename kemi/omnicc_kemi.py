@@ -331,7 +331,7 @@ class kamailio:  # noqa: N801  (the class name app_python3 expects)
         if peer.source is not Source.UNTRUSTED:
             KSR.sl.sl_send_reply(403, "Trusted Peers Do Not Register")
             return
-        header = KSR.pv.get("$hdr(Authorization)")
+        header = KSR.pv.get("$hdr(Authorization)") or ""
         if not header:  # half of all REGISTERs: the challenge needs nothing more
             self.authenticate("$tU", "$td", register=True, header=header)
             return

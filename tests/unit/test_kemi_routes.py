@@ -1642,6 +1642,16 @@ def test_a_flusher_that_fails_marks_what_it_took_and_carries_on(worker: Worker) 
                for name, args in fake.calls if name == "err")
 
 
+def test_a_register_without_credentials_is_challenged_reading_only_what_that_needs(
+    worker: Worker,
+) -> None:
+    fake = worker.route(register(headers=[("Contact", "<sip:1001@198.51.100.7:5062>")]))
+    assert "auth.auth_challenge" in fake.names()
+    read = [args[0] for name, args in fake.calls if name == "pv.get"]
+    assert read.count("$hdr(Authorization)") == 1
+    assert "$ct" not in read and "$hdr(Expires)" not in read
+
+
 def test_a_disabled_agent_gets_no_calls(worker: Worker) -> None:
     from omnicc.keys import agent_disabled
 
